@@ -1,0 +1,179 @@
+"""Typed events: the only language between the edges (Nova API, notifications, files) and the core.
+
+Each event says what one observation proves about one element, and nothing more. Fields an
+observation does not prove stay ``UNKNOWN`` and the apply path leaves them as they are, which is
+how a legacy notification (no power state) or an evacuation's ``rebuild.end`` (names the dead
+source host) update the model without corrupting it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final, Literal, TypeAlias
+
+from cdm_sync.model.elements import EMPTY_METADATA, Flavor
+
+
+class _Unknown(Enum):
+    UNKNOWN = "UNKNOWN"
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+
+UNKNOWN: Final = _Unknown.UNKNOWN
+"""A field the observation does not prove. Distinct from ``None``, which Nova uses for 'no host'."""
+
+Source = Literal["bootstrap", "notification", "audit", "resync"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """When an observation was true: the payload's ``updated_at`` and the envelope timestamp.
+
+    Both are POSIX seconds or ``None``. Nova's ``updated_at`` has one-second resolution and is the
+    stamp of the write *before* the one a notification reports, but it never decreases, so it
+    orders observations from different publishers; the envelope timestamp breaks ties and orders
+    observations that carry no ``updated_at`` (legacy payloads, service events).
+    """
+
+    updated_at: float | None
+    timestamp: float | None
+
+    def older_than(self, other: Version) -> bool:
+        """True when this observation is known to predate ``other``."""
+        if self.updated_at is not None and other.updated_at is not None:
+            if self.updated_at != other.updated_at:
+                return self.updated_at < other.updated_at
+        if self.timestamp is not None and other.timestamp is not None:
+            return self.timestamp < other.timestamp
+        return False
+
+
+NO_VERSION: Final = Version(None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """Why the model changed; copied into every change record the event yields."""
+
+    source: Source
+    event_type: str | None = None
+    message_id: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"source": self.source, "event_type": self.event_type, "message_id": self.message_id}
+
+
+MaybeStr: TypeAlias = "str | None | _Unknown"
+MaybeBool: TypeAlias = "bool | None | _Unknown"
+MaybeInt: TypeAlias = "int | None | _Unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceObserved:
+    """An instance exists with (at least) these field values at ``version``."""
+
+    uuid: str
+    version: Version
+    cause: Cause
+    name: MaybeStr = UNKNOWN
+    project_id: MaybeStr = UNKNOWN
+    user_id: MaybeStr = UNKNOWN
+    host: MaybeStr = UNKNOWN
+    node: MaybeStr = UNKNOWN
+    vm_state: MaybeStr = UNKNOWN
+    power_state: MaybeStr = UNKNOWN
+    task_state: MaybeStr = UNKNOWN
+    flavor: Flavor | None | _Unknown = UNKNOWN
+    locked: MaybeBool = UNKNOWN
+    metadata: Mapping[str, str] | _Unknown = UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceDeleted:
+    """An instance is gone for good (hard delete, or absent from a complete audit listing)."""
+
+    uuid: str
+    version: Version
+    cause: Cause
+    reason: str = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceObserved:
+    """A nova-compute service on ``host`` with this status; applies to every node of the host.
+
+    ``state`` is 'up'/'down' when the source says so (the API does); a notification gives only
+    ``forced_down``, from which the parser derives it.
+    """
+
+    host: str
+    version: Version
+    cause: Cause
+    disabled: bool | _Unknown = UNKNOWN
+    disabled_reason: MaybeStr = UNKNOWN
+    state: MaybeStr = UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceDeleted:
+    """The nova-compute service on ``host`` was deleted; its compute nodes go with it."""
+
+    host: str
+    version: Version
+    cause: Cause
+
+
+@dataclass(frozen=True, slots=True)
+class HypervisorObserved:
+    """A hypervisor as the compute API lists it: the real uuid of a compute node and its capacity."""
+
+    uuid: str
+    hypervisor_hostname: str | None
+    host: str | None
+    version: Version
+    cause: Cause
+    vcpus: MaybeInt = UNKNOWN
+    memory_mb: MaybeInt = UNKNOWN
+    disk_gb: MaybeInt = UNKNOWN
+    status: MaybeStr = UNKNOWN
+    state: MaybeStr = UNKNOWN
+    disabled_reason: MaybeStr = UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeNodeGone:
+    """A complete listing no longer has this compute node."""
+
+    uuid: str
+    version: Version
+    cause: Cause
+
+
+Event: TypeAlias = (
+    InstanceObserved
+    | InstanceDeleted
+    | ServiceObserved
+    | ServiceDeleted
+    | HypervisorObserved
+    | ComputeNodeGone
+)
+
+__all__ = [
+    "EMPTY_METADATA",
+    "NO_VERSION",
+    "UNKNOWN",
+    "Cause",
+    "ComputeNodeGone",
+    "Event",
+    "HypervisorObserved",
+    "InstanceDeleted",
+    "InstanceObserved",
+    "ServiceDeleted",
+    "ServiceObserved",
+    "Source",
+    "Version",
+]

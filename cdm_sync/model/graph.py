@@ -1,0 +1,261 @@
+"""The compute model: a networkx graph of instances and compute nodes, plus lookup indexes.
+
+Consistency for readers: the model has a single writer (``apply``), which holds the model's lock
+for the whole of one event, and elements are immutable. Point reads (``instance``, ``node``) are a
+single dict lookup, atomic under the interpreter lock, and need no lock. Reads that span several
+elements take the lock only long enough to collect element references, then work outside it, so
+a reader never sees half of an event's changes and never holds the writer up for longer than the
+collection takes. The networkx graph never leaves this module: queries return elements.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+
+from cdm_sync.model.apply import Outcome, apply_event
+from cdm_sync.model.changes import ChangeRecord
+from cdm_sync.model.elements import ComputeNode, Instance
+from cdm_sync.model.events import Event, Version
+from cdm_sync.model.tombstones import Tombstones
+
+MODEL_FORMAT = "cdm-sync/model/1"
+DEFAULT_TOMBSTONE_TTL = 600.0
+DEFAULT_DEDUPE_WINDOW = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class NodeUsage:
+    """A compute node's capacity against what its instances are sized for."""
+
+    node: ComputeNode
+    instances: int
+    vcpus_used: int
+    memory_mb_used: int
+    disk_gb_used: int
+
+    @property
+    def vcpus_free(self) -> int | None:
+        return None if self.node.vcpus is None else self.node.vcpus - self.vcpus_used
+
+    @property
+    def memory_mb_free(self) -> int | None:
+        return None if self.node.memory_mb is None else self.node.memory_mb - self.memory_mb_used
+
+    @property
+    def disk_gb_free(self) -> int | None:
+        return None if self.node.disk_gb is None else self.node.disk_gb - self.disk_gb_used
+
+
+class ComputeModel:
+    """Hosts and the instances on them; mutated only through :meth:`apply`."""
+
+    def __init__(
+        self,
+        *,
+        tombstone_ttl: float = DEFAULT_TOMBSTONE_TTL,
+        dedupe_window: int = DEFAULT_DEDUPE_WINDOW,
+        revision: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if dedupe_window < 0:
+            raise ValueError(f"dedupe window must be >= 0, got {dedupe_window!r}")
+        self._lock = threading.RLock()
+        self._clock = clock
+        self.revision = revision
+        self._graph = nx.DiGraph()
+        self._instances: dict[str, Instance] = {}
+        self._nodes: dict[str, ComputeNode] = {}
+        self._instance_versions: dict[str, Version] = {}
+        self._node_versions: dict[str, Version] = {}
+        self._nodes_by_host: dict[str, set[str]] = {}
+        self._node_by_hypervisor: dict[str, str] = {}
+        self._instances_by_project: dict[str | None, set[str]] = {}
+        self.instance_tombstones = Tombstones(tombstone_ttl)
+        self.host_tombstones = Tombstones(tombstone_ttl)
+        self._seen_messages: dict[str, None] = {}
+        self._dedupe_window = dedupe_window
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> list[ChangeRecord]:
+        """Apply one typed event; return the change records it produced (maybe none)."""
+        return self.apply_with_outcome(event)[1]
+
+    def apply_with_outcome(self, event: Event) -> tuple[Outcome, list[ChangeRecord]]:
+        """Like :meth:`apply`, also saying why nothing changed (stale, duplicate, ...)."""
+        with self._lock:
+            return apply_event(self, event, self._clock())
+
+    # -- point reads (lock-free) ---------------------------------------------------------------
+
+    def instance(self, uuid: str) -> Instance | None:
+        return self._instances.get(uuid)
+
+    def node(self, uuid: str) -> ComputeNode | None:
+        return self._nodes.get(uuid)
+
+    def node_by_hypervisor_hostname(self, hypervisor_hostname: str) -> ComputeNode | None:
+        uuid = self._node_by_hypervisor.get(hypervisor_hostname)
+        return self._nodes.get(uuid) if uuid is not None else None
+
+    def node_of_instance(self, uuid: str) -> ComputeNode | None:
+        inst = self._instances.get(uuid)
+        if inst is None or inst.compute_node_uuid is None:
+            return None
+        return self._nodes.get(inst.compute_node_uuid)
+
+    def instance_version(self, uuid: str) -> Version | None:
+        return self._instance_versions.get(uuid)
+
+    def node_version(self, uuid: str) -> Version | None:
+        return self._node_versions.get(uuid)
+
+    def __len__(self) -> int:
+        return len(self._instances)
+
+    @property
+    def instance_count(self) -> int:
+        return len(self._instances)
+
+    @property
+    def node_count(self) -> int:
+        return len(self._nodes)
+
+    # -- multi-element reads (brief lock to collect references) --------------------------------
+
+    def nodes(self) -> list[ComputeNode]:
+        with self._lock:
+            return list(self._nodes.values())
+
+    def nodes_by_host(self, host: str) -> list[ComputeNode]:
+        with self._lock:
+            return [self._nodes[u] for u in self._nodes_by_host.get(host, ())]
+
+    def instances_on_node(self, node_uuid: str) -> list[Instance]:
+        with self._lock:
+            if node_uuid not in self._nodes:
+                return []
+            return [self._instances[u] for u in self._graph.predecessors(node_uuid)]
+
+    def instances_on_host(self, host: str) -> list[Instance]:
+        with self._lock:
+            return [
+                self._instances[i]
+                for n in self._nodes_by_host.get(host, ())
+                for i in self._graph.predecessors(n)
+            ]
+
+    def instances(
+        self,
+        *,
+        vm_state: str | Iterable[str] | None = None,
+        power_state: str | Iterable[str] | None = None,
+        project_id: str | None = None,
+    ) -> list[Instance]:
+        """Instances matching every given filter (a filter may be one value or several)."""
+        with self._lock:
+            if project_id is not None:
+                found = [self._instances[u] for u in self._instances_by_project.get(project_id, ())]
+            else:
+                found = list(self._instances.values())
+        if vm_state is not None:
+            wanted = {vm_state} if isinstance(vm_state, str) else set(vm_state)
+            found = [i for i in found if i.vm_state in wanted]
+        if power_state is not None:
+            wanted = {power_state} if isinstance(power_state, str) else set(power_state)
+            found = [i for i in found if i.power_state in wanted]
+        return found
+
+    def projects(self) -> list[str]:
+        with self._lock:
+            return [p for p, members in self._instances_by_project.items() if p and members]
+
+    def usage(self, node_uuid: str) -> NodeUsage | None:
+        """Capacity of a node against the flavors of the instances on it."""
+        with self._lock:
+            node = self._nodes.get(node_uuid)
+            if node is None:
+                return None
+            members = [self._instances[u] for u in self._graph.predecessors(node_uuid)]
+        return _usage(node, members)
+
+    def usages(self) -> list[NodeUsage]:
+        with self._lock:
+            pairs = [
+                (node, [self._instances[u] for u in self._graph.predecessors(uuid)])
+                for uuid, node in self._nodes.items()
+            ]
+        return [_usage(node, members) for node, members in pairs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The model dump, FORMATS.md §3 (lists sorted by uuid)."""
+        with self._lock:
+            revision = self.revision
+            nodes = list(self._nodes.values())
+            instances = list(self._instances.values())
+        nodes.sort(key=_by_uuid)
+        instances.sort(key=_by_uuid)
+        return {
+            "format": MODEL_FORMAT,
+            "revision": revision,
+            "compute_nodes": [n.to_dict() for n in nodes],
+            "instances": [i.to_dict() for i in instances],
+        }
+
+    def check_integrity(self) -> list[str]:
+        """Every invariant between elements, graph and indexes; returns what is broken."""
+        problems: list[str] = []
+        with self._lock:
+            g = self._graph
+            for uuid, inst in self._instances.items():
+                if uuid not in g:
+                    problems.append(f"instance {uuid} missing from graph")
+                    continue
+                targets = list(g.successors(uuid))
+                expected = [inst.compute_node_uuid] if inst.compute_node_uuid else []
+                if targets != expected:
+                    problems.append(f"instance {uuid} edges {targets} != {expected}")
+                if inst.compute_node_uuid and inst.compute_node_uuid not in self._nodes:
+                    problems.append(f"instance {uuid} points at unknown node")
+                if uuid not in self._instances_by_project.get(inst.project_id, ()):
+                    problems.append(f"instance {uuid} missing from project index")
+                if uuid in self.instance_tombstones:
+                    problems.append(f"instance {uuid} is both live and tombstoned")
+            for uuid, node in self._nodes.items():
+                if uuid not in g:
+                    problems.append(f"node {uuid} missing from graph")
+                if node.hostname is not None and uuid not in self._nodes_by_host.get(
+                    node.hostname, ()
+                ):
+                    problems.append(f"node {uuid} missing from host index")
+                if (
+                    node.hypervisor_hostname is not None
+                    and self._node_by_hypervisor.get(node.hypervisor_hostname) != uuid
+                ):
+                    problems.append(f"node {uuid} missing from hypervisor index")
+            if g.number_of_nodes() != len(self._instances) + len(self._nodes):
+                problems.append("graph has elements the indexes do not")
+            indexed = sum(len(s) for s in self._instances_by_project.values())
+            if indexed != len(self._instances):
+                problems.append("project index size differs from instance count")
+        return problems
+
+
+def _by_uuid(element: ComputeNode | Instance) -> str:
+    return element.uuid
+
+
+def _usage(node: ComputeNode, members: list[Instance]) -> NodeUsage:
+    return NodeUsage(
+        node=node,
+        instances=len(members),
+        vcpus_used=sum(i.vcpus or 0 for i in members),
+        memory_mb_used=sum(i.memory_mb or 0 for i in members),
+        disk_gb_used=sum(i.disk_gb or 0 for i in members),
+    )

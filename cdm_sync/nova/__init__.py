@@ -1,0 +1,1 @@
+"""Adapters for Nova: its notification payloads and its compute API listings."""

@@ -1,0 +1,116 @@
+"""Validation of the JSON values Nova sends, shared by the notification and API parsers.
+
+Every check raises :class:`PayloadError` with a reason a person can act on; a missing optional
+field is ``UNKNOWN`` (the observation does not prove it), never a guess.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from cdm_sync.model.elements import EMPTY_METADATA, Flavor, intern_or_none
+from cdm_sync.model.events import UNKNOWN
+
+
+class PayloadError(ValueError):
+    """A notification that cannot be understood; the message says why."""
+
+
+def parse_time(value: Any, what: str) -> float | None:
+    """An ISO 8601 / oslo timestamp as POSIX seconds; naive times are UTC."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} is {type(value).__name__}, expected a timestamp string")
+    try:
+        return _parse_time_cached(value)
+    except ValueError:
+        raise PayloadError(f"{what} {value[:40]!r} is not a timestamp") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_time_cached(value: str) -> float:
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()
+
+
+_flavors: dict[tuple[Any, ...], Flavor] = {}
+_FLAVOR_CACHE_LIMIT = 4096
+
+
+def make_flavor(
+    name: Any, vcpus: Any, ram: Any, disk: Any, ephemeral: Any
+) -> Flavor:
+    """A flavor, shared between the instances that have it (there are few distinct ones)."""
+    key = (name, vcpus, ram, disk, ephemeral)
+    flavor = _flavors.get(key)
+    if flavor is None:
+        flavor = Flavor(
+            name=None if name is UNKNOWN else intern_or_none(name),
+            vcpus=None if vcpus is UNKNOWN else vcpus,
+            ram=None if ram is UNKNOWN else ram,
+            disk=None if disk is UNKNOWN else disk,
+            ephemeral=0 if ephemeral is UNKNOWN or ephemeral is None else ephemeral,
+        )
+        if len(_flavors) < _FLAVOR_CACHE_LIMIT:
+            _flavors[key] = flavor
+    return flavor
+
+
+def required_str(data: Mapping[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str) or not value:
+        if value is None:
+            raise PayloadError(f"{key} is missing")
+        raise PayloadError(f"{key} is {type(value).__name__}, expected a non-empty string")
+    return intern_or_none(value) if len(value) < 64 else value  # type: ignore[return-value]
+
+
+def opt_str(data: Mapping[str, Any], key: str) -> Any:
+    if key not in data:
+        return UNKNOWN
+    value = data[key]
+    if value is None or isinstance(value, str):
+        return intern_or_none(value) if value is not None and len(value) < 64 else value
+    raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
+
+
+def opt_int(data: Mapping[str, Any], key: str) -> Any:
+    if key not in data:
+        return UNKNOWN
+    value = data[key]
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PayloadError(f"{key} is {type(value).__name__}, expected an integer")
+    if value < 0:
+        raise PayloadError(f"{key} is negative ({value})")
+    return value
+
+
+def opt_bool(data: Mapping[str, Any], key: str) -> Any:
+    if key not in data:
+        return UNKNOWN
+    value = data[key]
+    if value is None or isinstance(value, bool):
+        return value
+    raise PayloadError(f"{key} is {type(value).__name__}, expected true or false")
+
+
+def metadata_field(data: Mapping[str, Any]) -> Any:
+    if "metadata" not in data:
+        return UNKNOWN
+    value = data["metadata"]
+    if value is None or value == {}:
+        return EMPTY_METADATA
+    if not isinstance(value, Mapping):
+        raise PayloadError(f"metadata is {type(value).__name__}, expected an object")
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise PayloadError("metadata keys and values must be strings")
+    return dict(value)

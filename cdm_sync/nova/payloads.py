@@ -1,0 +1,261 @@
+"""Nova notification payloads (versioned and legacy) → typed model events.
+
+This is where raw dicts stop. Each parser decides what one notification *proves*:
+
+- every versioned ``instance.*`` payload carries the instance's full state (InstancePayload
+  family), so it becomes an ``InstanceObserved`` with every field, ordered by
+  (``updated_at``, envelope timestamp);
+- the source host's ``instance.live_migration_post.end`` arrives after the destination's
+  ``live_migration_post_dest.end`` and still names the source: it proves nothing new and is
+  ignored (legacy ``compute.instance.live_migration._post.end`` likewise);
+- ``rebuild``/``evacuate`` payloads name the host the instance had *before* (the dead source on
+  an evacuation), so they do not set host or node; the next ``instance.update`` does;
+- legacy payloads carry no power state; a completed action whose outcome fixes it
+  (``power_off.end`` → shutdown, …) sets it, every other legacy event leaves it alone;
+- ``publisher_id`` is never used as a host: conductors and API hosts publish too.
+
+Malformed input raises :class:`PayloadError` with the reason; an event type that proves nothing
+about compute returns ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from cdm_sync.model.elements import Flavor, intern_or_none
+from cdm_sync.model.events import (
+    UNKNOWN,
+    Cause,
+    Event,
+    InstanceDeleted,
+    InstanceObserved,
+    ServiceDeleted,
+    ServiceObserved,
+    Version,
+)
+from cdm_sync.nova.fields import (
+    PayloadError,
+    make_flavor,
+    metadata_field,
+    opt_bool,
+    opt_int,
+    opt_str,
+    parse_time,
+    required_str,
+)
+
+
+# Versioned payload object names we understand, with the major version we were written for. A
+# new minor version only adds fields (Nova's object versioning rules); a new major may change
+# meaning, so it is rejected rather than guessed at.
+INSTANCE_PAYLOADS: Mapping[str, int] = {
+    "InstanceUpdatePayload": 2,
+    "InstanceExistsPayload": 2,
+    "InstancePayload": 1,
+    "InstanceActionPayload": 1,
+    "InstanceCreatePayload": 1,
+    "InstanceActionRebuildPayload": 1,
+    "InstanceActionRescuePayload": 1,
+    "InstanceActionResizePrepPayload": 1,
+    "InstanceActionSharePayload": 1,
+    "InstanceActionSnapshotPayload": 1,
+    "InstanceActionVolumePayload": 1,
+    "InstanceActionVolumeSwapPayload": 1,
+}
+SERVICE_PAYLOADS: Mapping[str, int] = {"ServiceStatusPayload": 1}
+FLAVOR_PAYLOADS: Mapping[str, int] = {"FlavorPayload": 1}
+
+# Events whose payload proves nothing the model does not already have from a better source.
+IGNORED_EVENTS = frozenset(
+    {
+        "instance.live_migration_post.end",
+        "compute.instance.live_migration._post.end",
+    }
+)
+
+# Events whose payload names the host the instance is leaving (evacuation) or may be leaving.
+_NO_PLACEMENT_PREFIXES = (
+    "instance.rebuild",
+    "instance.evacuate",
+    "compute.instance.rebuild",
+    "compute.instance.evacuate",
+)
+
+# What a completed legacy action proves about the power state (legacy payloads carry none).
+LEGACY_POWER_STATE: Mapping[str, str] = {
+    "compute.instance.create.end": "running",
+    "compute.instance.power_on.end": "running",
+    "compute.instance.reboot.end": "running",
+    "compute.instance.resume.end": "running",
+    "compute.instance.unpause.end": "running",
+    "compute.instance.unrescue.end": "running",
+    "compute.instance.unshelve.end": "running",
+    "compute.instance.power_off.end": "shutdown",
+    "compute.instance.pause.end": "paused",
+    "compute.instance.suspend.end": "suspended",
+    "compute.instance.shelve.end": "shutdown",
+    "compute.instance.shelve_offload.end": "shutdown",
+}
+
+COMPUTE_BINARY = "nova-compute"
+
+
+# -- envelope ------------------------------------------------------------------------------------
+
+
+def envelope_cause(event_type: str, metadata: Any, source: str = "notification") -> tuple[Cause, float | None]:
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise PayloadError(f"metadata is {type(metadata).__name__}, expected an object")
+    message_id = metadata.get("message_id")
+    if message_id is not None and not isinstance(message_id, str):
+        raise PayloadError("metadata.message_id is not a string")
+    timestamp = parse_time(metadata.get("timestamp"), "metadata.timestamp")
+    return Cause(source, event_type, message_id), timestamp  # type: ignore[arg-type]
+
+
+# -- entry point -----------------------------------------------------------------------------------
+
+
+def parse_notification(event_type: str, payload: Any, metadata: Any) -> Event | None:
+    """The typed event a notification proves, ``None`` if it proves nothing about compute."""
+    if not isinstance(event_type, str):
+        raise PayloadError("event_type is not a string")
+    if event_type in IGNORED_EVENTS:
+        return None
+    if event_type.startswith("instance."):
+        return parse_versioned_instance(event_type, payload, metadata)
+    if event_type.startswith("compute.instance."):
+        return parse_legacy_instance(event_type, payload, metadata)
+    if event_type in ("service.create", "service.update", "service.delete"):
+        return parse_versioned_service(event_type, payload, metadata)
+    return None
+
+
+# -- versioned ------------------------------------------------------------------------------------
+
+
+def _object_data(payload: Any, known: Mapping[str, int], what: str) -> Mapping[str, Any]:
+    if not isinstance(payload, Mapping):
+        raise PayloadError(f"{what} is {type(payload).__name__}, expected a versioned object")
+    name = payload.get("nova_object.name")
+    if name not in known:
+        raise PayloadError(f"{what} is {name!r}, expected one of {sorted(known)}")
+    version = payload.get("nova_object.version")
+    if not isinstance(version, str):
+        raise PayloadError(f"{what} {name} has no nova_object.version")
+    major, _, minor = version.partition(".")
+    if not major.isdigit() or (minor and not minor.isdigit()):
+        raise PayloadError(f"{what} {name} has a malformed version {version[:20]!r}")
+    if int(major) != known[name]:
+        raise PayloadError(f"{what} {name} version {version} is unsupported (major {known[name]})")
+    data = payload.get("nova_object.data")
+    if not isinstance(data, Mapping):
+        raise PayloadError(f"{what} {name} has no nova_object.data object")
+    return data
+
+
+def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Event:
+    data = _object_data(payload, INSTANCE_PAYLOADS, "payload")
+    cause, timestamp = envelope_cause(event_type, metadata)
+    uuid = required_str(data, "uuid")
+    vm_state = required_str(data, "state")
+    version = Version(parse_time(data.get("updated_at"), "updated_at"), timestamp)
+    if vm_state == "deleted":
+        return InstanceDeleted(uuid, version, cause)
+    placed = not event_type.startswith(_NO_PLACEMENT_PREFIXES)
+    return InstanceObserved(
+        uuid=uuid,
+        version=version,
+        cause=cause,
+        name=opt_str(data, "display_name"),
+        project_id=opt_str(data, "tenant_id"),
+        user_id=opt_str(data, "user_id"),
+        host=opt_str(data, "host") if placed else UNKNOWN,
+        node=opt_str(data, "node") if placed else UNKNOWN,
+        vm_state=vm_state,
+        power_state=opt_str(data, "power_state"),
+        task_state=opt_str(data, "task_state"),
+        flavor=_versioned_flavor(data.get("flavor", UNKNOWN)),
+        locked=opt_bool(data, "locked"),
+        metadata=metadata_field(data),
+    )
+
+
+def _versioned_flavor(value: Any) -> Flavor | None | Any:
+    if value is UNKNOWN or value is None:
+        return value
+    data = _object_data(value, FLAVOR_PAYLOADS, "flavor")
+    return make_flavor(
+        opt_str(data, "name"),
+        opt_int(data, "vcpus"),
+        opt_int(data, "memory_mb"),
+        opt_int(data, "root_gb"),
+        opt_int(data, "ephemeral_gb"),
+    )
+
+
+def parse_versioned_service(event_type: str, payload: Any, metadata: Any) -> Event | None:
+    data = _object_data(payload, SERVICE_PAYLOADS, "payload")
+    cause, timestamp = envelope_cause(event_type, metadata)
+    if opt_str(data, "binary") != COMPUTE_BINARY:
+        return None
+    host = intern_or_none(required_str(data, "host"))
+    assert host is not None
+    version = Version(None, timestamp)
+    if event_type == "service.delete":
+        return ServiceDeleted(host, version, cause)
+    forced_down = opt_bool(data, "forced_down")
+    disabled = opt_bool(data, "disabled")
+    return ServiceObserved(
+        host=host,
+        version=version,
+        cause=cause,
+        disabled=UNKNOWN if disabled is UNKNOWN or disabled is None else disabled,
+        disabled_reason=opt_str(data, "disabled_reason"),
+        # A service that just sent a notification is up in Nova's eyes unless forced down; an
+        # audit reading the API corrects a service that has since stopped reporting.
+        state="down" if forced_down is True else "up",
+    )
+
+
+# -- legacy -----------------------------------------------------------------------------------------
+
+
+def parse_legacy_instance(event_type: str, payload: Any, metadata: Any) -> Event:
+    if not isinstance(payload, Mapping):
+        raise PayloadError(f"payload is {type(payload).__name__}, expected an object")
+    cause, timestamp = envelope_cause(event_type, metadata)
+    uuid = required_str(payload, "instance_id")
+    vm_state = required_str(payload, "state")
+    version = Version(None, timestamp)
+    if vm_state == "deleted" or event_type == "compute.instance.delete.end":
+        return InstanceDeleted(uuid, version, cause)
+    placed = not event_type.startswith(_NO_PLACEMENT_PREFIXES)
+    task_state = opt_str(payload, "state_description")
+    flavor: Any = UNKNOWN
+    if "instance_type" in payload:
+        flavor = make_flavor(
+            opt_str(payload, "instance_type"),
+            opt_int(payload, "vcpus"),
+            opt_int(payload, "memory_mb"),
+            opt_int(payload, "root_gb"),
+            opt_int(payload, "ephemeral_gb"),
+        )
+    return InstanceObserved(
+        uuid=uuid,
+        version=version,
+        cause=cause,
+        name=opt_str(payload, "display_name"),
+        project_id=opt_str(payload, "tenant_id"),
+        user_id=opt_str(payload, "user_id"),
+        host=opt_str(payload, "host") if placed else UNKNOWN,
+        node=opt_str(payload, "node") if placed else UNKNOWN,
+        vm_state=vm_state,
+        power_state=LEGACY_POWER_STATE.get(event_type, UNKNOWN),
+        task_state=UNKNOWN if task_state is UNKNOWN else (task_state or None),
+        flavor=flavor,
+        metadata=metadata_field(payload),
+    )

@@ -1,0 +1,130 @@
+"""The service layer's front door: typed events in, model applied, changes published, all counted.
+
+Every source (snapshot bootstrap, notification endpoints, audits) hands its events to one
+:class:`SyncService`, so counting and publishing happen in one place and the model keeps its
+single writer. Publishing runs after the model's lock is released; a publisher must not block
+(the event bus queues, sinks buffer).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from cdm_sync.model import ChangeRecord, ComputeModel, Event, Outcome
+
+LOG = logging.getLogger(__name__)
+
+Publisher = Callable[[list[ChangeRecord]], None]
+
+# How outcomes roll up into the one-line summary (applied / ignored / rejected).
+APPLIED = "applied"
+IGNORED = "ignored"
+REJECTED = "rejected"
+_ROLLUP = {
+    Outcome.CHANGED: APPLIED,
+    Outcome.UNCHANGED: APPLIED,
+    Outcome.STALE: IGNORED,
+    Outcome.DUPLICATE: IGNORED,
+    Outcome.TOMBSTONED: IGNORED,
+}
+
+
+@dataclass(frozen=True)
+class Summary:
+    applied: int
+    changed: int
+    ignored: int
+    rejected: int
+    records: int
+
+    def line(self) -> str:
+        return (
+            f"applied {self.applied} (changed the model: {self.changed}), "
+            f"ignored {self.ignored}, rejected {self.rejected}, change records {self.records}"
+        )
+
+
+class Stats:
+    """Counters by (event type, outcome); outcomes are ``Outcome`` values plus the edge's own
+    ``unhandled`` (event type not ours), ``irrelevant`` (ours, but proves nothing) and
+    ``rejected`` (malformed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_type: Counter[tuple[str, str]] = Counter()
+        self.records = 0
+        self.last_rejections: list[str] = []
+
+    def count(self, event_type: str, outcome: str, records: int = 0) -> None:
+        with self._lock:
+            self.by_type[(event_type, outcome)] += 1
+            self.records += records
+
+    def rejection(self, event_type: str, reason: str) -> None:
+        with self._lock:
+            self.by_type[(event_type, REJECTED)] += 1
+            self.last_rejections.append(f"{event_type}: {reason}")
+            del self.last_rejections[:-100]
+
+    def summary(self) -> Summary:
+        with self._lock:
+            totals: Counter[str] = Counter()
+            for (_, outcome), n in self.by_type.items():
+                totals[_rollup(outcome)] += n
+                if outcome == Outcome.CHANGED.value:
+                    totals["changed"] += n
+            return Summary(
+                totals[APPLIED], totals["changed"], totals[IGNORED], totals[REJECTED], self.records
+            )
+
+
+def _rollup(outcome: str) -> str:
+    if outcome == REJECTED:
+        return REJECTED
+    for member, group in _ROLLUP.items():
+        if member.value == outcome:
+            return group
+    return IGNORED
+
+
+class SyncService:
+    def __init__(self, model: ComputeModel, publishers: Iterable[Publisher] = ()) -> None:
+        self.model = model
+        self.stats = Stats()
+        self._publishers: list[Publisher] = list(publishers)
+
+    def add_publisher(self, publisher: Publisher) -> None:
+        self._publishers.append(publisher)
+
+    def submit(self, event: Event) -> Outcome:
+        """Apply one event, publish its change records, count the outcome."""
+        outcome, records = self.model.apply_with_outcome(event)
+        self.stats.count(event.cause.event_type or event.cause.source, outcome.value, len(records))
+        if records:
+            self._publish(records)
+        return outcome
+
+    def submit_all(
+        self, events: Iterable[Event], progress: Callable[[int], None] | None = None,
+        every: int = 10000,
+    ) -> int:
+        """Apply many events (bootstrap, audit); ``progress`` is told the count every ``every``."""
+        n = 0
+        for n, event in enumerate(events, 1):
+            self.submit(event)
+            if progress is not None and n % every == 0:
+                progress(n)
+        if progress is not None:
+            progress(n)
+        return n
+
+    def _publish(self, records: list[ChangeRecord]) -> None:
+        for publisher in self._publishers:
+            try:
+                publisher(records)
+            except Exception:  # a broken publisher must not break the apply path
+                LOG.exception("Change publisher %r failed", publisher)

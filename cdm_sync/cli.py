@@ -8,6 +8,7 @@ value) ends with one clear line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -91,12 +92,11 @@ def _run_replay(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    changes = open(args.changes, "w", encoding="utf-8") if args.changes else None
-    try:
+    with contextlib.ExitStack() as stack:
+        changes = (
+            stack.enter_context(open(args.changes, "w", encoding="utf-8")) if args.changes else None
+        )
         result = _run_replay(args.snapshot, args.trace, args.audit_snapshot, changes)
-    finally:
-        if changes is not None:
-            changes.close()
     if args.dump:
         write_json_atomic(args.dump, result.model.to_dict())
     summary = result.service.stats.summary()
@@ -145,8 +145,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ["host", "hypervisor", "status", "state", "instances", "vcpus used", "RAM used MB"],
         [
             [
-                u.node.hostname, u.node.hypervisor_hostname, u.node.status, u.node.state,
-                u.instances, _of(u.vcpus_used, u.node.vcpus), _of(u.memory_mb_used, u.node.memory_mb),
+                u.node.hostname,
+                u.node.hypervisor_hostname,
+                u.node.status,
+                u.node.state,
+                u.instances,
+                _of(u.vcpus_used, u.node.vcpus),
+                _of(u.memory_mb_used, u.node.memory_mb),
             ]
             for u in sorted(model.usages(), key=lambda u: u.node.hostname or "")
         ],
@@ -156,7 +161,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "Instances",
         ["name", "project", "host", "vm_state", "power_state", "flavor"],
         [
-            [i.name, i.project_id, i.host, i.vm_state, i.power_state, i.flavor.name if i.flavor else None]
+            [
+                i.name,
+                i.project_id,
+                i.host,
+                i.vm_state,
+                i.power_state,
+                i.flavor.name if i.flavor else None,
+            ]
             for i in sorted(model.instances(), key=lambda i: i.name or "")
         ],
     )
@@ -174,8 +186,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "Instance moves seen",
             ["revision", "instance", "host", "because of"],
             [
-                [r.revision, getattr(r.element, "name", r.uuid), " -> ".join(map(str, r.changed["host"])),
-                 r.cause.event_type or r.cause.source]
+                [
+                    r.revision,
+                    getattr(r.element, "name", r.uuid),
+                    " -> ".join(map(str, r.changed["host"])),
+                    r.cause.event_type or r.cause.source,
+                ]
                 for r in moves
             ],
         )
@@ -193,7 +209,9 @@ def _print_table(out: TextIO, title: str, header: list[str], rows: list[list[Any
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     out.write(f"{title}\n")
     for n, row in enumerate(cells):
-        out.write("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+        out.write(
+            "  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+        )
         if n == 0:
             out.write("  " + "  ".join("-" * w for w in widths) + "\n")
     out.write("\n")
@@ -204,7 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cdm-sync", description="A live graph of an OpenStack cloud's compute."
     )
     parser.add_argument(
-        "--config-file", action="append", default=[], metavar="FILE",
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
         help="oslo.config file (repeatable; default search: /etc/cdm-sync/cdm-sync.conf)",
     )
     parser.add_argument("--debug", action="store_true", help="log at debug level")
@@ -212,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="replay the bundled real Nova example and show the model")
     demo.add_argument(
-        "--stream", choices=("versioned", "legacy", "both"), default="versioned",
+        "--stream",
+        choices=("versioned", "legacy", "both"),
+        default="versioned",
         help="which recorded notification stream to replay (default: versioned)",
     )
     demo.set_defaults(func=cmd_demo)

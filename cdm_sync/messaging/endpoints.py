@@ -88,7 +88,10 @@ class _Endpoint:
             stats.rejection(event_type, str(exc))
             LOG.warning(
                 "Rejected %s from %s (message %s): %s",
-                event_type, publisher_id, _message_id(metadata), exc,
+                event_type,
+                publisher_id,
+                _message_id(metadata),
+                exc,
             )
             return None
         except Exception:  # a parser bug must not take the listener down
@@ -115,9 +118,7 @@ class VersionedInstanceEndpoint(_Endpoint):
 
 
 class VersionedServiceEndpoint(_Endpoint):
-    filter_rule = oslo_messaging.NotificationFilter(
-        event_type=r"^service\.(create|update|delete)$"
-    )
+    filter_rule = oslo_messaging.NotificationFilter(event_type=r"^service\.(create|update|delete)$")
 
     def parse(self, event_type: str, payload: Any, metadata: Any) -> Any:
         return parse_versioned_service(event_type, payload, metadata)
@@ -214,7 +215,11 @@ def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
 
 def _timestamp(metadata: Any) -> float | None:
     try:
-        return parse_time(metadata.get("timestamp"), "timestamp") if isinstance(metadata, Mapping) else None
+        return (
+            parse_time(metadata.get("timestamp"), "timestamp")
+            if isinstance(metadata, Mapping)
+            else None
+        )
     except PayloadError:
         return None
 

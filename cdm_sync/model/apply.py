@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 
 # Dump fields derived from the flavor are reported too, so subscribers need not recompute them.
-_INSTANCE_DIFF_FIELDS = INSTANCE_FIELDS + ("vcpus", "memory_mb", "disk_gb")
+_INSTANCE_DIFF_FIELDS = (*INSTANCE_FIELDS, "vcpus", "memory_mb", "disk_gb")
 
 
 class Outcome(enum.Enum):
@@ -60,7 +60,7 @@ class Outcome(enum.Enum):
 class _Writer:
     """Collects the records of one event while it mutates the model's structures."""
 
-    __slots__ = ("m", "now", "cause", "records")
+    __slots__ = ("cause", "m", "now", "records")
 
     def __init__(self, model: ComputeModel, now: float, cause: Cause) -> None:
         self.m = model
@@ -77,7 +77,9 @@ class _Writer:
     ) -> None:
         self.m.revision += 1
         self.records.append(
-            ChangeRecord(self.m.revision, self.now, kind, op, element.uuid, changed, element, self.cause)
+            ChangeRecord(
+                self.m.revision, self.now, kind, op, element.uuid, changed, element, self.cause
+            )
         )
 
     # -- compute nodes -------------------------------------------------------------------------
@@ -111,9 +113,9 @@ class _Writer:
                 members.discard(old.uuid)
                 if not members:
                     del m._nodes_by_host[old.hostname]
-        if old.hypervisor_hostname is not None:
-            if m._node_by_hypervisor.get(old.hypervisor_hostname) == old.uuid:
-                del m._node_by_hypervisor[old.hypervisor_hostname]
+        hypervisor = old.hypervisor_hostname
+        if hypervisor is not None and m._node_by_hypervisor.get(hypervisor) == old.uuid:
+            del m._node_by_hypervisor[hypervisor]
 
     def drop_node(self, uuid: str, replacement: str | None = None) -> None:
         """Remove a node; its instances move to ``replacement`` (or to no node)."""
@@ -285,8 +287,15 @@ def _service_observed(w: _Writer, ev: ServiceObserved) -> Outcome:
     members = m._nodes_by_host.get(ev.host)
     if not members:
         w.put_node(
-            _with_service(ComputeNode(uuid=placeholder_uuid(ev.host, None), hostname=ev.host,
-                                      hypervisor_hostname=None, placeholder=True), ev),
+            _with_service(
+                ComputeNode(
+                    uuid=placeholder_uuid(ev.host, None),
+                    hostname=ev.host,
+                    hypervisor_hostname=None,
+                    placeholder=True,
+                ),
+                ev,
+            ),
             ev.version,
         )
         return Outcome.UNCHANGED
@@ -318,7 +327,9 @@ def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
             return Outcome.STALE
         base = current
     else:
-        base = _inherited(m, ev) or ComputeNode(uuid=ev.uuid, hostname=None, hypervisor_hostname=None)
+        base = _inherited(m, ev) or ComputeNode(
+            uuid=ev.uuid, hostname=None, hypervisor_hostname=None
+        )
     new = _replace_node(
         base,
         uuid=ev.uuid,
@@ -329,7 +340,9 @@ def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
         disk_gb=base.disk_gb if ev.disk_gb is UNKNOWN else ev.disk_gb,
         status=base.status if ev.status is UNKNOWN else ev.status,
         state=base.state if ev.state is UNKNOWN else ev.state,
-        disabled_reason=base.disabled_reason if ev.disabled_reason is UNKNOWN else ev.disabled_reason,
+        disabled_reason=base.disabled_reason
+        if ev.disabled_reason is UNKNOWN
+        else ev.disabled_reason,
         placeholder=False,
     )
     if current is None:
@@ -380,7 +393,9 @@ def _with_service(node: ComputeNode, ev: ServiceObserved) -> ComputeNode:
     return _replace_node(
         node,
         status=status,
-        disabled_reason=node.disabled_reason if ev.disabled_reason is UNKNOWN else ev.disabled_reason,
+        disabled_reason=node.disabled_reason
+        if ev.disabled_reason is UNKNOWN
+        else ev.disabled_reason,
         state=node.state if ev.state is UNKNOWN else ev.state,
     )
 

@@ -7,7 +7,7 @@ A record keeps a reference to the (immutable) element rather than a rendered cop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cdm_sync.model.elements import ComputeNode, Instance
@@ -21,7 +21,7 @@ Op = Literal["add", "update", "remove"]
 
 def format_timestamp(posix: float) -> str:
     """RFC 3339 UTC with microseconds and a ``Z``, as every timestamp cdm-sync writes."""
-    text = datetime.fromtimestamp(posix, tz=timezone.utc).isoformat(timespec="microseconds")
+    text = datetime.fromtimestamp(posix, tz=UTC).isoformat(timespec="microseconds")
     return text.replace("+00:00", "Z")
 
 

@@ -37,7 +37,9 @@ def intern_or_none(value: str | None) -> str | None:
 
 def placeholder_uuid(hostname: str | None, hypervisor_hostname: str | None) -> str:
     """The uuid a placeholder node gets until a snapshot or audit gives the real one."""
-    return str(uuidlib.uuid5(PLACEHOLDER_NAMESPACE, f"{hostname or ''}\0{hypervisor_hostname or ''}"))
+    return str(
+        uuidlib.uuid5(PLACEHOLDER_NAMESPACE, f"{hostname or ''}\0{hypervisor_hostname or ''}")
+    )
 
 
 @dataclass(frozen=True, slots=True)

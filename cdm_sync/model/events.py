@@ -44,9 +44,9 @@ class Version:
 
     def older_than(self, other: Version) -> bool:
         """True when this observation is known to predate ``other``."""
-        if self.updated_at is not None and other.updated_at is not None:
-            if self.updated_at != other.updated_at:
-                return self.updated_at < other.updated_at
+        mine, theirs = self.updated_at, other.updated_at
+        if mine is not None and theirs is not None and mine != theirs:
+            return mine < theirs
         if self.timestamp is not None and other.timestamp is not None:
             return self.timestamp < other.timestamp
         return False
@@ -67,9 +67,9 @@ class Cause:
         return {"source": self.source, "event_type": self.event_type, "message_id": self.message_id}
 
 
-MaybeStr: TypeAlias = "str | None | _Unknown"
-MaybeBool: TypeAlias = "bool | None | _Unknown"
-MaybeInt: TypeAlias = "int | None | _Unknown"
+MaybeStr: TypeAlias = "str | _Unknown | None"
+MaybeBool: TypeAlias = "bool | _Unknown | None"
+MaybeInt: TypeAlias = "int | _Unknown | None"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +87,7 @@ class InstanceObserved:
     vm_state: MaybeStr = UNKNOWN
     power_state: MaybeStr = UNKNOWN
     task_state: MaybeStr = UNKNOWN
-    flavor: Flavor | None | _Unknown = UNKNOWN
+    flavor: Flavor | _Unknown | None = UNKNOWN
     locked: MaybeBool = UNKNOWN
     metadata: Mapping[str, str] | _Unknown = UNKNOWN
 
@@ -129,7 +129,7 @@ class ServiceDeleted:
 
 @dataclass(frozen=True, slots=True)
 class HypervisorObserved:
-    """A hypervisor as the compute API lists it: the real uuid of a compute node and its capacity."""
+    """A hypervisor as the compute API lists it: a compute node's real uuid and its capacity."""
 
     uuid: str
     hypervisor_hostname: str | None

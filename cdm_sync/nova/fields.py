@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from cdm_sync.model.elements import EMPTY_METADATA, Flavor, intern_or_none
@@ -35,7 +35,7 @@ def parse_time(value: Any, what: str) -> float | None:
 def _parse_time_cached(value: str) -> float:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -43,9 +43,7 @@ _flavors: dict[tuple[Any, ...], Flavor] = {}
 _FLAVOR_CACHE_LIMIT = 4096
 
 
-def make_flavor(
-    name: Any, vcpus: Any, ram: Any, disk: Any, ephemeral: Any
-) -> Flavor:
+def make_flavor(name: Any, vcpus: Any, ram: Any, disk: Any, ephemeral: Any) -> Flavor:
     """A flavor, shared between the instances that have it (there are few distinct ones)."""
     key = (name, vcpus, ram, disk, ephemeral)
     flavor = _flavors.get(key)

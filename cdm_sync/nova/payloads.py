@@ -45,7 +45,6 @@ from cdm_sync.nova.fields import (
     required_str,
 )
 
-
 # Versioned payload object names we understand, with the major version we were written for. A
 # new minor version only adds fields (Nova's object versioning rules); a new major may change
 # meaning, so it is rejected rather than guessed at.
@@ -104,7 +103,9 @@ COMPUTE_BINARY = "nova-compute"
 # -- envelope ------------------------------------------------------------------------------------
 
 
-def envelope_cause(event_type: str, metadata: Any, source: str = "notification") -> tuple[Cause, float | None]:
+def envelope_cause(
+    event_type: str, metadata: Any, source: str = "notification"
+) -> tuple[Cause, float | None]:
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, Mapping):
@@ -184,7 +185,7 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     )
 
 
-def _versioned_flavor(value: Any) -> Flavor | None | Any:
+def _versioned_flavor(value: Any) -> Flavor | Any | None:
     if value is UNKNOWN or value is None:
         return value
     data = _object_data(value, FLAVOR_PAYLOADS, "flavor")
@@ -221,7 +222,7 @@ def parse_versioned_service(event_type: str, payload: Any, metadata: Any) -> Eve
     )
 
 
-# -- legacy -----------------------------------------------------------------------------------------
+# -- legacy --------------------------------------------------------------------------------
 
 
 def parse_legacy_instance(event_type: str, payload: Any, metadata: Any) -> Event:

@@ -221,7 +221,7 @@ def server_event(
     )
 
 
-def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | None | Any:
+def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | Any | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):

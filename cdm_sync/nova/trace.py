@@ -16,7 +16,7 @@ def read_trace(path: str | Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield ``(line number, decoded line, None)``, or ``(line number, None, reason)`` for a line
     that is not JSON; blank lines are skipped. A bad line never stops the rest of the trace."""
     try:
-        fh = open(path, encoding="utf-8", errors="replace")
+        fh = open(path, encoding="utf-8", errors="replace")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise TraceError(f"{path}: {exc.strerror or exc}") from None
     with fh:

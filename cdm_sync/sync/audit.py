@@ -70,7 +70,9 @@ def _audit_events(
     if translation.rejected:
         # An item we could not read is not an item Nova lacks: deleting on a partial reading
         # would be silent data loss, so deletions wait for a clean listing.
-        LOG.warning("Audit skips deletions: %d listing items were rejected", len(translation.rejected))
+        LOG.warning(
+            "Audit skips deletions: %d listing items were rejected", len(translation.rejected)
+        )
         return
     version = Version(None, snapshot.captured_at)
     cause = Cause(source, None, None)

@@ -48,7 +48,9 @@ def bootstrap(service: SyncService, snapshot: Snapshot) -> Translation:
     service.submit_all(snapshot_events(snapshot, "bootstrap", translation), progress)
     LOG.info(
         "Bootstrap done in %.2fs: %d compute nodes, %d instances, %d items rejected",
-        time.monotonic() - started, service.model.node_count, service.model.instance_count,
+        time.monotonic() - started,
+        service.model.node_count,
+        service.model.instance_count,
         len(translation.rejected),
     )
     return translation

@@ -109,7 +109,9 @@ class SyncService:
         return outcome
 
     def submit_all(
-        self, events: Iterable[Event], progress: Callable[[int], None] | None = None,
+        self,
+        events: Iterable[Event],
+        progress: Callable[[int], None] | None = None,
         every: int = 10000,
     ) -> int:
         """Apply many events (bootstrap, audit); ``progress`` is told the count every ``every``."""

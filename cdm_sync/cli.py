@@ -85,7 +85,7 @@ def _run_replay(
         trace,
         audit,
         model=_model_from_conf(),
-        consume_legacy=conf.CONF.notifications.consume_legacy,
+        nova_format=conf.CONF.notifications.format,
         supersede_window=conf.CONF.notifications.supersede_window,
         on_changes=writer,
     )

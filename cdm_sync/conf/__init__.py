@@ -32,36 +32,32 @@ model_opts = [
 ]
 
 notification_opts = [
-    cfg.BoolOpt(
-        "consume_legacy",
-        default=True,
-        help="Handle legacy compute.instance.* notifications as well as versioned ones. While "
-        "versioned notifications are flowing, legacy copies of the same transitions are dropped "
-        "as superseded (see supersede_window).",
+    cfg.StrOpt(
+        "format",
+        default="auto",
+        choices=[
+            ("auto", "handle both kinds; legacy copies are dropped while versioned ones flow"),
+            ("versioned", "Nova's notification_format=versioned"),
+            ("both", "Nova's notification_format=both: only the versioned copies are used"),
+            ("unversioned", "Nova's notification_format=unversioned (legacy only)"),
+        ],
+        help="What Nova's [notifications] notification_format is. 'auto' suits traces of "
+        "unknown origin; with 'both', a transition that arrives in legacy form before any "
+        "versioned notification was seen can yield two change records, which setting the real "
+        "format avoids.",
     ),
     cfg.FloatOpt(
         "supersede_window",
         default=300.0,
         min=0,
-        help="Seconds (of notification time) after the last versioned notification during which "
-        "legacy notifications are considered duplicates of versioned ones.",
-    ),
-]
-
-event_bus_opts = [
-    cfg.IntOpt(
-        "queue_size",
-        default=10000,
-        min=1,
-        help="Change records queued per in-process subscriber before new ones are dropped "
-        "(and counted) for that subscriber.",
+        help="With format=auto: seconds (of notification time) after the last versioned "
+        "notification during which legacy notifications are dropped as copies of versioned ones.",
     ),
 ]
 
 _GROUPS: dict[str, list[cfg.Opt]] = {
     "model": model_opts,
     "notifications": notification_opts,
-    "event_bus": event_bus_opts,
 }
 
 for _group, _opts in _GROUPS.items():

@@ -47,8 +47,8 @@ class FormatArbiter:
     apply again once the window has passed.
     """
 
-    def __init__(self, window: float = DEFAULT_SUPERSEDE_WINDOW) -> None:
-        self.window = window
+    def __init__(self, window: float | None = DEFAULT_SUPERSEDE_WINDOW) -> None:
+        self.window = window  # None: never supersede (the legacy stream is the only one)
         self.last_versioned: float | None = None
 
     def saw(self, payload: Any, metadata: Any) -> None:
@@ -58,7 +58,7 @@ class FormatArbiter:
                 self.last_versioned = stamp
 
     def legacy_superseded(self, metadata: Any) -> bool:
-        if self.last_versioned is None:
+        if self.window is None or self.last_versioned is None:
             return False
         stamp = _timestamp(metadata)
         return stamp is None or abs(stamp - self.last_versioned) <= self.window
@@ -167,21 +167,30 @@ class TrafficEndpoint:
     audit = debug = warn = error = critical = sample = info
 
 
-def make_endpoints(
-    service: SyncService, legacy: bool = True, supersede_window: float = DEFAULT_SUPERSEDE_WINDOW
-) -> list[Any]:
-    """The endpoints a listener (or a replay) uses; the legacy one only when consuming legacy.
+NOVA_FORMATS = ("auto", "versioned", "unversioned", "both")
 
-    The traffic endpoint comes first so that a versioned notification is noted before the
-    legacy copy of the same transition is judged.
+
+def make_endpoints(
+    service: SyncService,
+    nova_format: str = "auto",
+    supersede_window: float = DEFAULT_SUPERSEDE_WINDOW,
+) -> list[Any]:
+    """The endpoints a listener (or a replay) uses, for Nova's ``notification_format``.
+
+    ``versioned`` and ``both``: versioned endpoints only (with ``both`` the legacy stream repeats
+    the versioned one with less in it). ``unversioned``: the legacy endpoint only. ``auto``:
+    every endpoint, legacy notifications dropped as superseded while versioned ones flow (exact
+    once the first versioned notification has been seen; set the real format to be exact from
+    the first message). The traffic endpoint comes first so a versioned notification is noted
+    before the legacy copy of the same transition is judged.
     """
-    arbiter = FormatArbiter(supersede_window)
-    endpoints: list[Any] = [
-        TrafficEndpoint(service, arbiter),
-        VersionedInstanceEndpoint(service),
-        VersionedServiceEndpoint(service),
-    ]
-    if legacy:
+    if nova_format not in NOVA_FORMATS:
+        raise ValueError(f"nova_format must be one of {NOVA_FORMATS}, got {nova_format!r}")
+    arbiter = FormatArbiter(supersede_window if nova_format == "auto" else None)
+    endpoints: list[Any] = [TrafficEndpoint(service, arbiter)]
+    if nova_format != "unversioned":
+        endpoints += [VersionedInstanceEndpoint(service), VersionedServiceEndpoint(service)]
+    if nova_format in ("auto", "unversioned"):
         endpoints.append(LegacyInstanceEndpoint(service, arbiter))
     return endpoints
 
@@ -229,6 +238,7 @@ def _message_id(metadata: Any) -> Any:
 
 
 __all__ = [
+    "NOVA_FORMATS",
     "REJECTED",
     "FormatArbiter",
     "LegacyInstanceEndpoint",

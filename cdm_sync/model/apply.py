@@ -154,6 +154,10 @@ class _Writer:
                 if candidate.hypervisor_hostname is None:
                     self.put_node(_replace_node(candidate, hypervisor_hostname=node))
                     return uuid
+        if host is not None and host in m.host_tombstones:
+            # The host's service was deleted: a late report naming it must not bring it back as
+            # a placeholder (no audit removes placeholders); the instance stays on no node.
+            return None
         placeholder = ComputeNode(
             uuid=placeholder_uuid(host, node),
             hostname=host,

@@ -21,6 +21,7 @@ from cdm_sync.model import (
     InstanceDeleted,
     InstanceObserved,
     Outcome,
+    ServiceObserved,
     Version,
 )
 from cdm_sync.model.events import Source
@@ -61,11 +62,16 @@ def _audit_events(
 ) -> Iterator[Event]:
     listed_instances: set[str] = set()
     listed_nodes: set[str] = set()
+    listed_hosts: set[str] = set()
     for event in snapshot_events(snapshot, source, translation):
         if isinstance(event, (InstanceObserved, InstanceDeleted)):
             listed_instances.add(event.uuid)
         elif isinstance(event, HypervisorObserved):
             listed_nodes.add(event.uuid)
+            if event.host is not None:
+                listed_hosts.add(event.host)
+        elif isinstance(event, ServiceObserved):
+            listed_hosts.add(event.host)
         yield event
     if translation.rejected:
         # An item we could not read is not an item Nova lacks: deleting on a partial reading
@@ -81,7 +87,13 @@ def _audit_events(
         if inst.uuid not in listed_instances:
             yield InstanceDeleted(inst.uuid, version, cause, reason="absent from full listing")
     for node in model.nodes():
-        if node.uuid not in listed_nodes and not node.placeholder:
+        if node.uuid in listed_nodes:
+            continue
+        if not node.placeholder:
+            yield ComputeNodeGone(node.uuid, version, cause)
+        elif node.hostname not in listed_hosts and not model.instances_on_node(node.uuid):
+            # An empty placeholder for a host Nova does not list: nothing supports it any more.
+            # One a notification created after the listing is newer and survives as stale.
             yield ComputeNodeGone(node.uuid, version, cause)
 
 

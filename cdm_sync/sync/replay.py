@@ -62,7 +62,7 @@ def replay(
     audit_snapshot: Path | str | None = None,
     *,
     model: ComputeModel | None = None,
-    consume_legacy: bool = True,
+    nova_format: str = "auto",
     supersede_window: float = 300.0,
     on_changes: Callable[[list[ChangeRecord]], None] | None = None,
 ) -> ReplayResult:
@@ -77,7 +77,7 @@ def replay(
     if on_changes is not None:
         service.add_publisher(on_changes)
     translation = bootstrap(service, first)
-    endpoints = make_endpoints(service, consume_legacy, supersede_window)
+    endpoints = make_endpoints(service, nova_format, supersede_window)
     lines = 0
     for number, line, error in read_trace(trace):
         lines += 1

@@ -2,8 +2,9 @@
 
 Every source (snapshot bootstrap, notification endpoints, audits) hands its events to one
 :class:`SyncService`, so counting and publishing happen in one place and the model keeps its
-single writer. Publishing runs after the model's lock is released; a publisher must not block
-(the event bus queues, sinks buffer).
+single writer. Publishing happens in revision order, under the service's writer lock but
+outside the model's lock (readers are never held up by it); a publisher must not block (the
+event bus queues, sinks buffer).
 """
 
 from __future__ import annotations
@@ -96,16 +97,20 @@ class SyncService:
         self.model = model
         self.stats = Stats()
         self._publishers: list[Publisher] = list(publishers)
+        self._writer = threading.Lock()
 
     def add_publisher(self, publisher: Publisher) -> None:
         self._publishers.append(publisher)
 
     def submit(self, event: Event) -> Outcome:
         """Apply one event, publish its change records, count the outcome."""
-        outcome, records = self.model.apply_with_outcome(event)
+        # Apply and publish under one lock: two submitting threads (listener, audit) must not
+        # hand publishers their batches out of revision order. Publishers never block.
+        with self._writer:
+            outcome, records = self.model.apply_with_outcome(event)
+            if records:
+                self._publish(records)
         self.stats.count(event.cause.event_type or event.cause.source, outcome.value, len(records))
-        if records:
-            self._publish(records)
         return outcome
 
     def submit_all(

@@ -39,7 +39,8 @@ AFTER = read_snapshot(TRACE_DIR / "snapshot-final.json")
 ADDED_HOSTS = {n["hostname"] for n in EXPECTED["compute_nodes"]} - {
     s["host"] for s in BEFORE.services
 }
-CREATED_SERVERS = {i["uuid"] for i in EXPECTED["instances"]} - {s["id"] for s in BEFORE.servers}
+BEFORE_SERVERS = json.loads((TRACE_DIR / "snapshot.json").read_text())["servers"]
+CREATED_SERVERS = {i["uuid"] for i in EXPECTED["instances"]} - {s["id"] for s in BEFORE_SERVERS}
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import oslo_messaging
 
-from cdm_sync.nova.fields import PayloadError, parse_time
+from cdm_sync.nova.fields import PayloadError, brief, parse_time
 from cdm_sync.nova.payloads import (
     IGNORED_EVENTS,
     parse_legacy_instance,
@@ -30,6 +30,8 @@ LOG = logging.getLogger(__name__)
 UNHANDLED = "unhandled"
 IRRELEVANT = "irrelevant"
 SUPERSEDED = "superseded"
+# oslo.messaging's notification priorities, as endpoint method names.
+_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 DEFAULT_SUPERSEDE_WINDOW = 300.0
 
 # The event types some endpoint of ours handles; everything else is counted as unhandled.
@@ -49,24 +51,31 @@ class FormatArbiter:
 
     def __init__(self, window: float | None = DEFAULT_SUPERSEDE_WINDOW) -> None:
         self.window = window  # None: never supersede (the legacy stream is the only one)
-        self.last_versioned: float | None = None
+        # The envelope timestamp of the last versioned notification, kept raw: it is read only
+        # when a legacy notification arrives, so the versioned hot path does not parse it.
+        self._last_versioned_raw: Any = None
+        self._seen_versioned = False
 
     def saw(self, payload: Any, metadata: Any) -> None:
-        if isinstance(payload, Mapping) and "nova_object.name" in payload:
-            stamp = _timestamp(metadata)
-            if stamp is not None and (self.last_versioned is None or stamp > self.last_versioned):
-                self.last_versioned = stamp
+        if self.window is not None and type(payload) is dict and "nova_object.name" in payload:
+            self._seen_versioned = True
+            if isinstance(metadata, Mapping):
+                self._last_versioned_raw = metadata.get("timestamp")
 
     def legacy_superseded(self, metadata: Any) -> bool:
-        if self.window is None or self.last_versioned is None:
+        if self.window is None or not self._seen_versioned:
             return False
+        last = _timestamp({"timestamp": self._last_versioned_raw})
         stamp = _timestamp(metadata)
-        return stamp is None or abs(stamp - self.last_versioned) <= self.window
+        if last is None or stamp is None:
+            return True  # versioned traffic exists and times cannot tell otherwise
+        return abs(stamp - last) <= self.window
 
 
 class _Endpoint:
-    """Shared behaviour; subclasses set ``filter_rule`` and ``parse``."""
+    """Shared behaviour; subclasses set ``EVENT_TYPES``, ``filter_rule`` and ``parse``."""
 
+    EVENT_TYPES: re.Pattern[str]
     filter_rule: oslo_messaging.NotificationFilter
 
     def __init__(self, service: SyncService) -> None:
@@ -111,21 +120,24 @@ class _Endpoint:
 
 
 class VersionedInstanceEndpoint(_Endpoint):
-    filter_rule = oslo_messaging.NotificationFilter(event_type=r"^instance\.")
+    EVENT_TYPES = re.compile(r"^instance\.")
+    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
 
     def parse(self, event_type: str, payload: Any, metadata: Any) -> Any:
         return parse_versioned_instance(event_type, payload, metadata)
 
 
 class VersionedServiceEndpoint(_Endpoint):
-    filter_rule = oslo_messaging.NotificationFilter(event_type=r"^service\.(create|update|delete)$")
+    EVENT_TYPES = re.compile(r"^service\.(create|update|delete)$")
+    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
 
     def parse(self, event_type: str, payload: Any, metadata: Any) -> Any:
         return parse_versioned_service(event_type, payload, metadata)
 
 
 class LegacyInstanceEndpoint(_Endpoint):
-    filter_rule = oslo_messaging.NotificationFilter(event_type=r"^compute\.instance\.")
+    EVENT_TYPES = re.compile(r"^compute\.instance\.")
+    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
 
     def __init__(self, service: SyncService, arbiter: FormatArbiter) -> None:
         super().__init__(service)
@@ -148,23 +160,51 @@ class LegacyInstanceEndpoint(_Endpoint):
 
 
 class TrafficEndpoint:
-    """Sees every notification: notes versioned traffic for the arbiter, counts the unhandled."""
+    """Sees every notification: notes versioned traffic for the arbiter, and counts as
+    ``unhandled`` each one that no other installed endpoint takes (event type or priority), so
+    that every notification is counted exactly once."""
 
-    filter_rule = oslo_messaging.NotificationFilter(event_type=r".*")
+    # No filter_rule: oslo.messaging then hands this endpoint every notification.
 
-    def __init__(self, service: SyncService, arbiter: FormatArbiter) -> None:
+    def __init__(
+        self, service: SyncService, arbiter: FormatArbiter, handlers: Sequence[_Endpoint] = ()
+    ) -> None:
         self.service = service
         self.arbiter = arbiter
+        self._handled = {
+            priority: tuple(h.EVENT_TYPES for h in handlers if hasattr(h, priority))
+            for priority in _PRIORITIES
+        }
 
-    def info(
-        self, ctxt: Any, publisher_id: str, event_type: str, payload: Any, metadata: Any
-    ) -> None:
+    def _see(self, priority: str, event_type: Any, payload: Any, metadata: Any) -> None:
         self.arbiter.saw(payload, metadata)
-        if not isinstance(event_type, str) or not _HANDLED.match(event_type):
-            self.service.stats.count(str(event_type), UNHANDLED)
-        return None
+        if type(event_type) is not str:
+            self.service.stats.count("(not a string)", UNHANDLED)
+        elif not any(p.match(event_type) for p in self._handled[priority]):
+            self.service.stats.count(event_type, UNHANDLED)
 
-    audit = debug = warn = error = critical = sample = info
+    def audit(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("audit", event_type, payload, md)
+
+    def debug(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("debug", event_type, payload, md)
+
+    def info(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("info", event_type, payload, md)
+
+    def warn(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("warn", event_type, payload, md)
+
+    def error(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("error", event_type, payload, md)
+
+    def critical(
+        self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any
+    ) -> None:
+        self._see("critical", event_type, payload, md)
+
+    def sample(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
+        self._see("sample", event_type, payload, md)
 
 
 NOVA_FORMATS = ("auto", "versioned", "unversioned", "both")
@@ -187,15 +227,12 @@ def make_endpoints(
     if nova_format not in NOVA_FORMATS:
         raise ValueError(f"nova_format must be one of {NOVA_FORMATS}, got {nova_format!r}")
     arbiter = FormatArbiter(supersede_window if nova_format == "auto" else None)
-    endpoints: list[Any] = [TrafficEndpoint(service, arbiter)]
+    handlers: list[_Endpoint] = []
     if nova_format != "unversioned":
-        endpoints += [VersionedInstanceEndpoint(service), VersionedServiceEndpoint(service)]
+        handlers += [VersionedInstanceEndpoint(service), VersionedServiceEndpoint(service)]
     if nova_format in ("auto", "unversioned"):
-        endpoints.append(LegacyInstanceEndpoint(service, arbiter))
-    return endpoints
-
-
-_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
+        handlers.append(LegacyInstanceEndpoint(service, arbiter))
+    return [TrafficEndpoint(service, arbiter, handlers), *handlers]
 
 
 def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
@@ -204,11 +241,15 @@ def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
         service.stats.rejection("(unparsable)", "trace line is not an object")
         return
     event_type = line.get("event_type")
-    priority = str(line.get("priority", "info")).lower()
+    raw_priority = line.get("priority", "info")
+    priority = raw_priority.lower() if isinstance(raw_priority, str) else None
     if priority == "warning":
         priority = "warn"
     if not isinstance(event_type, str) or priority not in _PRIORITIES:
-        service.stats.rejection(str(event_type)[:80], "trace line lacks event_type or priority")
+        label = event_type if isinstance(event_type, str) else "(not a string)"
+        service.stats.rejection(
+            label, f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}"
+        )
         return
     ctxt = line.get("ctxt") or {}
     publisher_id = line.get("publisher_id")
@@ -218,7 +259,8 @@ def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
         method = getattr(endpoint, priority, None)
         if method is None:
             continue
-        if endpoint.filter_rule.match(ctxt, publisher_id, event_type, metadata, payload):
+        rule = getattr(endpoint, "filter_rule", None)
+        if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload):
             method(ctxt, publisher_id, event_type, payload, metadata)
 
 

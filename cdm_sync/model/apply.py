@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from cdm_sync.model.changes import ChangeRecord, Kind, Op
 from cdm_sync.model.elements import (
-    INSTANCE_FIELDS,
-    NODE_FIELDS,
     ComputeNode,
     Instance,
     export_value,
@@ -45,8 +43,8 @@ if TYPE_CHECKING:
     from cdm_sync.model.graph import ComputeModel
 
 
-# Dump fields derived from the flavor are reported too, so subscribers need not recompute them.
-_INSTANCE_DIFF_FIELDS = (*INSTANCE_FIELDS, "vcpus", "memory_mb", "disk_gb")
+_FLAVOR_DERIVED = ("vcpus", "memory_mb", "disk_gb")
+_NO_INSTANCE = Instance(uuid="")
 
 
 class Outcome(enum.Enum):
@@ -103,7 +101,7 @@ class _Writer:
         if old is None:
             self.record("compute_node", "add", new, {})
         else:
-            self.record("compute_node", "update", new, _diff(old, new, NODE_FIELDS))
+            self.record("compute_node", "update", new, _diff(old, new))
 
     def _unindex_node(self, old: ComputeNode) -> None:
         m = self.m
@@ -123,9 +121,9 @@ class _Writer:
         old = m._nodes.get(uuid)
         if old is None:
             return
-        for inst_uuid in list(m._graph.predecessors(uuid)):
+        for inst_uuid in list(m._graph.neighbors(uuid)):
             inst = m._instances[inst_uuid]
-            self.put_instance(_replace_instance(inst, compute_node_uuid=replacement))
+            self.put_instance(inst._replace(compute_node_uuid=replacement))
         self._unindex_node(old)
         del m._nodes[uuid]
         m._node_versions.pop(uuid, None)
@@ -152,7 +150,7 @@ class _Writer:
             for uuid in on_host:
                 candidate = m._nodes[uuid]
                 if candidate.hypervisor_hostname is None:
-                    self.put_node(_replace_node(candidate, hypervisor_hostname=node))
+                    self.put_node(candidate._replace(hypervisor_hostname=node))
                     return uuid
         if host is not None and host in m.host_tombstones:
             # The host's service was deleted: a late report naming it must not bring it back as
@@ -196,7 +194,7 @@ class _Writer:
         if old is None:
             self.record("instance", "add", new, {})
         else:
-            self.record("instance", "update", new, _diff(old, new, _INSTANCE_DIFF_FIELDS))
+            self.record("instance", "update", new, _diff(old, new))
 
     def drop_instance(self, uuid: str) -> None:
         m = self.m
@@ -220,7 +218,7 @@ def apply_event(model: ComputeModel, event: Any, now: float) -> tuple[Outcome, l
         if model._dedupe_window:
             seen[message_id] = None
             if len(seen) > model._dedupe_window:
-                del seen[next(iter(seen))]
+                seen.popitem(last=False)
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise TypeError(f"not a model event: {type(event).__name__}")
@@ -239,7 +237,7 @@ def _instance_observed(w: _Writer, ev: InstanceObserved) -> Outcome:
     old = m._instances.get(uuid)
     if old is not None and ev.version.older_than(m._instance_versions[uuid]):
         return Outcome.STALE
-    base = old if old is not None else Instance(uuid=uuid)
+    base = old if old is not None else _NO_INSTANCE
     host = base.host if ev.host is UNKNOWN else ev.host
     node = base.node if ev.node is UNKNOWN else ev.node
     if ev.host is UNKNOWN and ev.node is UNKNOWN:
@@ -334,8 +332,7 @@ def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
         base = _inherited(m, ev) or ComputeNode(
             uuid=ev.uuid, hostname=None, hypervisor_hostname=None
         )
-    new = _replace_node(
-        base,
+    new = base._replace(
         uuid=ev.uuid,
         hostname=ev.host if ev.host is not None else base.hostname,
         hypervisor_hostname=ev.hypervisor_hostname,
@@ -394,8 +391,7 @@ def _with_service(node: ComputeNode, ev: ServiceObserved) -> ComputeNode:
     status = node.status
     if ev.disabled is not UNKNOWN:
         status = "disabled" if ev.disabled else "enabled"
-    return _replace_node(
-        node,
+    return node._replace(
         status=status,
         disabled_reason=node.disabled_reason
         if ev.disabled_reason is UNKNOWN
@@ -404,25 +400,19 @@ def _with_service(node: ComputeNode, ev: ServiceObserved) -> ComputeNode:
     )
 
 
-def _replace_node(node: ComputeNode, **changes: Any) -> ComputeNode:
-    fields = {"uuid": node.uuid, **{f: getattr(node, f) for f in NODE_FIELDS}}
-    fields.update(changes)
-    return ComputeNode(**fields)
-
-
-def _replace_instance(inst: Instance, **changes: Any) -> Instance:
-    fields = {"uuid": inst.uuid, **{f: getattr(inst, f) for f in INSTANCE_FIELDS}}
-    fields.update(changes)
-    return Instance(**fields)
-
-
-def _diff(old: Any, new: Any, fields: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+def _diff(old: ComputeNode | Instance, new: ComputeNode | Instance) -> dict[str, tuple[Any, Any]]:
+    """The fields that differ, as (old, new) in their JSON form."""
     changed: dict[str, tuple[Any, Any]] = {}
-    for name in fields:
-        before = getattr(old, name)
-        after = getattr(new, name)
-        if before != after:
+    for name, before, after in zip(old._fields, old, new, strict=True):
+        if before is not after and before != after:
             changed[name] = (export_value(before), export_value(after))
+    if "flavor" in changed:
+        # Dump fields derived from the flavor are reported too, so subscribers need not
+        # recompute them.
+        for name in _FLAVOR_DERIVED:
+            before, after = getattr(old, name), getattr(new, name)
+            if before != after:
+                changed[name] = (before, after)
     return changed
 
 

@@ -6,9 +6,8 @@ A record keeps a reference to the (immutable) element rather than a rendered cop
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from cdm_sync.model.elements import ComputeNode, Instance
 from cdm_sync.model.events import Cause
@@ -25,8 +24,7 @@ def format_timestamp(posix: float) -> str:
     return text.replace("+00:00", "Z")
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeRecord:
+class ChangeRecord(NamedTuple):
     revision: int
     at: float
     kind: Kind

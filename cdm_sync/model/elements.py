@@ -1,19 +1,18 @@
 """The two kinds of element the model holds: compute nodes and instances.
 
-Elements are immutable. The apply path replaces an element wholesale when it changes, so a
-reader holding a reference always sees one consistent version of it, and change records can
-keep a reference instead of copying the element.
+Elements are immutable (named tuples: immutable, compact, and several times cheaper to build
+than frozen dataclasses, which matters at tens of thousands of notifications a second). The
+apply path replaces an element wholesale when it changes, so a reader holding a reference always
+sees one consistent version of it, and change records can keep a reference instead of a copy.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import uuid as uuidlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 # Nova's power state names (nova/compute/power_state.py), indexed by the API's integer code.
 POWER_STATE_NAMES: Mapping[int, str] = MappingProxyType(
@@ -42,8 +41,7 @@ def placeholder_uuid(hostname: str | None, hypervisor_hostname: str | None) -> s
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Flavor:
+class Flavor(NamedTuple):
     """What an instance was sized with; ``disk`` is the root disk as Nova's API names it."""
 
     name: str | None
@@ -56,8 +54,7 @@ class Flavor:
         return {"name": self.name, "vcpus": self.vcpus, "ram": self.ram, "disk": self.disk}
 
 
-@dataclass(frozen=True, slots=True)
-class ComputeNode:
+class ComputeNode(NamedTuple):
     """A hypervisor and the nova-compute service that runs it.
 
     ``placeholder`` marks a node the model only inferred (an instance or a service named a host
@@ -90,8 +87,7 @@ class ComputeNode:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Instance:
+class Instance(NamedTuple):
     """A server as the model knows it (FORMATS.md §3).
 
     ``disk_gb`` is root plus ephemeral disk, what the instance takes from its host's local disk.
@@ -109,7 +105,7 @@ class Instance:
     task_state: str | None = None
     flavor: Flavor | None = None
     locked: bool | None = None
-    metadata: Mapping[str, str] = dataclasses.field(default_factory=lambda: EMPTY_METADATA)
+    metadata: Mapping[str, str] = EMPTY_METADATA
 
     @property
     def vcpus(self) -> int | None:
@@ -146,19 +142,15 @@ class Instance:
         }
 
 
-# The fields of each element that a change record reports in ``changed``.
-INSTANCE_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(Instance) if f.name != "uuid"
-)
-NODE_FIELDS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(ComputeNode) if f.name != "uuid"
-)
-
-
 def export_value(value: Any) -> Any:
     """A field value as it appears in JSON (flavors and metadata become plain dicts)."""
+    if value is None or type(value) in _SCALARS:
+        return value
     if isinstance(value, Flavor):
         return value.to_dict()
     if isinstance(value, Mapping):
         return dict(value)
     return value
+
+
+_SCALARS = frozenset({str, int, bool, float})

@@ -1,5 +1,8 @@
 """Typed events: the only language between the edges (Nova API, notifications, files) and the core.
 
+Events are named tuples: immutable and cheap to build on the notification hot path. Compare
+versions with :meth:`Version.older_than`, never with ``<`` (tuple order is not version order).
+
 Each event says what one observation proves about one element, and nothing more. Fields an
 observation does not prove stay ``UNKNOWN`` and the apply path leaves them as they are, which is
 how a legacy notification (no power state) or an evacuation's ``rebuild.end`` (names the dead
@@ -9,9 +12,8 @@ source host) update the model without corrupting it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, NamedTuple, TypeAlias
 
 from cdm_sync.model.elements import EMPTY_METADATA, Flavor
 
@@ -29,8 +31,7 @@ UNKNOWN: Final = _Unknown.UNKNOWN
 Source = Literal["bootstrap", "notification", "audit", "resync"]
 
 
-@dataclass(frozen=True, slots=True)
-class Version:
+class Version(NamedTuple):
     """When an observation was true: the payload's ``updated_at`` and the envelope timestamp.
 
     Both are POSIX seconds or ``None``. Nova's ``updated_at`` has one-second resolution and is the
@@ -55,8 +56,7 @@ class Version:
 NO_VERSION: Final = Version(None, None)
 
 
-@dataclass(frozen=True, slots=True)
-class Cause:
+class Cause(NamedTuple):
     """Why the model changed; copied into every change record the event yields."""
 
     source: Source
@@ -72,8 +72,7 @@ MaybeBool: TypeAlias = "bool | _Unknown | None"
 MaybeInt: TypeAlias = "int | _Unknown | None"
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceObserved:
+class InstanceObserved(NamedTuple):
     """An instance exists with (at least) these field values at ``version``."""
 
     uuid: str
@@ -92,8 +91,7 @@ class InstanceObserved:
     metadata: Mapping[str, str] | _Unknown = UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
-class InstanceDeleted:
+class InstanceDeleted(NamedTuple):
     """An instance is gone for good (hard delete, or absent from a complete audit listing)."""
 
     uuid: str
@@ -102,8 +100,7 @@ class InstanceDeleted:
     reason: str = "deleted"
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceObserved:
+class ServiceObserved(NamedTuple):
     """A nova-compute service on ``host`` with this status; applies to every node of the host.
 
     ``state`` is 'up'/'down' when the source says so (the API does); a notification gives only
@@ -118,8 +115,7 @@ class ServiceObserved:
     state: MaybeStr = UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceDeleted:
+class ServiceDeleted(NamedTuple):
     """The nova-compute service on ``host`` was deleted; its compute nodes go with it."""
 
     host: str
@@ -127,8 +123,7 @@ class ServiceDeleted:
     cause: Cause
 
 
-@dataclass(frozen=True, slots=True)
-class HypervisorObserved:
+class HypervisorObserved(NamedTuple):
     """A hypervisor as the compute API lists it: a compute node's real uuid and its capacity."""
 
     uuid: str
@@ -144,8 +139,7 @@ class HypervisorObserved:
     disabled_reason: MaybeStr = UNKNOWN
 
 
-@dataclass(frozen=True, slots=True)
-class ComputeNodeGone:
+class ComputeNodeGone(NamedTuple):
     """A complete listing no longer has this compute node."""
 
     uuid: str

@@ -1,5 +1,9 @@
 """The compute model: a networkx graph of instances and compute nodes, plus lookup indexes.
 
+The graph is undirected (an instance's one neighbour is its compute node, a node's neighbours
+are its instances): it answers the same questions as a directed one with one adjacency dict per
+element instead of two, which matters at 200,000 instances.
+
 Consistency for readers: the model has a single writer (``apply``), which holds the model's lock
 for the whole of one event, and elements are immutable. Point reads (``instance``, ``node``) are a
 single dict lookup, atomic under the interpreter lock, and need no lock. Reads that span several
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +30,29 @@ from cdm_sync.model.events import Event, Version
 from cdm_sync.model.tombstones import Tombstones
 
 MODEL_FORMAT = "cdm-sync/model/1"
+
+
+class _NoAttributes(dict):
+    """The one attribute dict every graph node and edge shares: the graph holds structure only
+    (elements live in the indexes), and a dict per node and edge would cost ~130 bytes an
+    instance. Writing an attribute is a bug, so it raises."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        raise TypeError("the compute graph holds no attributes")
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        if any(args) or kwargs:
+            raise TypeError("the compute graph holds no attributes")
+
+
+_NO_ATTRIBUTES = _NoAttributes()
+
+
+class _StructureGraph(nx.Graph):
+    node_attr_dict_factory = staticmethod(lambda: _NO_ATTRIBUTES)
+    edge_attr_dict_factory = staticmethod(lambda: _NO_ATTRIBUTES)
+
+
 DEFAULT_TOMBSTONE_TTL = 600.0
 DEFAULT_DEDUPE_WINDOW = 65536
 
@@ -68,7 +96,7 @@ class ComputeModel:
         self._lock = threading.RLock()
         self._clock = clock
         self.revision = revision
-        self._graph = nx.DiGraph()
+        self._graph: nx.Graph = _StructureGraph()
         self._instances: dict[str, Instance] = {}
         self._nodes: dict[str, ComputeNode] = {}
         self._instance_versions: dict[str, Version] = {}
@@ -78,7 +106,8 @@ class ComputeModel:
         self._instances_by_project: dict[str | None, set[str]] = {}
         self.instance_tombstones = Tombstones(tombstone_ttl)
         self.host_tombstones = Tombstones(tombstone_ttl)
-        self._seen_messages: dict[str, None] = {}
+        # Insertion-ordered, evicted oldest first in O(1) (a plain dict's next(iter()) is not).
+        self._seen_messages: OrderedDict[str, None] = OrderedDict()
         self._dedupe_window = dedupe_window
 
     # -- writing -----------------------------------------------------------------------------
@@ -141,14 +170,14 @@ class ComputeModel:
         with self._lock:
             if node_uuid not in self._nodes:
                 return []
-            return [self._instances[u] for u in self._graph.predecessors(node_uuid)]
+            return [self._instances[u] for u in self._graph.neighbors(node_uuid)]
 
     def instances_on_host(self, host: str) -> list[Instance]:
         with self._lock:
             return [
                 self._instances[i]
                 for n in self._nodes_by_host.get(host, ())
-                for i in self._graph.predecessors(n)
+                for i in self._graph.neighbors(n)
             ]
 
     def instances(
@@ -182,13 +211,13 @@ class ComputeModel:
             node = self._nodes.get(node_uuid)
             if node is None:
                 return None
-            members = [self._instances[u] for u in self._graph.predecessors(node_uuid)]
+            members = [self._instances[u] for u in self._graph.neighbors(node_uuid)]
         return _usage(node, members)
 
     def usages(self) -> list[NodeUsage]:
         with self._lock:
             pairs = [
-                (node, [self._instances[u] for u in self._graph.predecessors(uuid)])
+                (node, [self._instances[u] for u in self._graph.neighbors(uuid)])
                 for uuid, node in self._nodes.items()
             ]
         return [_usage(node, members) for node, members in pairs]
@@ -217,7 +246,7 @@ class ComputeModel:
                 if uuid not in g:
                     problems.append(f"instance {uuid} missing from graph")
                     continue
-                targets = list(g.successors(uuid))
+                targets = list(g.neighbors(uuid))
                 expected = [inst.compute_node_uuid] if inst.compute_node_uuid else []
                 if targets != expected:
                     problems.append(f"instance {uuid} edges {targets} != {expected}")

@@ -7,12 +7,28 @@ field is ``UNKNOWN`` (the observation does not prove it), never a guess.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from cdm_sync.model.elements import EMPTY_METADATA, Flavor, intern_or_none
 from cdm_sync.model.events import UNKNOWN
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """A short, safe description of an untrusted value for an error message or a log line.
+
+    Never recurses into containers (a value nested thousands deep must not blow the stack)
+    and never echoes more than ``limit`` characters of a string (no megabyte log lines).
+    """
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if value is None or isinstance(value, (bool, float)):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if -(10**18) < value < 10**18 else "<huge int>"
+    return f"<{type(value).__name__}>"
 
 
 class PayloadError(ValueError):
@@ -28,7 +44,7 @@ def parse_time(value: Any, what: str) -> float | None:
     try:
         return _parse_time_cached(value)
     except ValueError:
-        raise PayloadError(f"{what} {value[:40]!r} is not a timestamp") from None
+        raise PayloadError(f"{what} {brief(value, 40)} is not a timestamp") from None
 
 
 @functools.lru_cache(maxsize=8192)
@@ -60,21 +76,26 @@ def make_flavor(name: Any, vcpus: Any, ram: Any, disk: Any, ephemeral: Any) -> F
     return flavor
 
 
-def required_str(data: Mapping[str, Any], key: str) -> str:
+def required_str(data: Mapping[str, Any], key: str, *, shared: bool = False) -> str:
+    """A non-empty string; ``shared`` interns it (for values many elements repeat: hosts,
+    states, projects), saving memory on large models. Unique values (uuids, names) are not."""
     value = data.get(key)
     if not isinstance(value, str) or not value:
         if value is None:
             raise PayloadError(f"{key} is missing")
         raise PayloadError(f"{key} is {type(value).__name__}, expected a non-empty string")
-    return intern_or_none(value) if len(value) < 64 else value  # type: ignore[return-value]
+    return _intern(value) if shared else value
 
 
-def opt_str(data: Mapping[str, Any], key: str) -> Any:
+def opt_str(data: Mapping[str, Any], key: str, *, shared: bool = False) -> Any:
+    """A string or null if present, ``UNKNOWN`` if absent; ``shared`` as in :func:`required_str`."""
     if key not in data:
         return UNKNOWN
     value = data[key]
-    if value is None or isinstance(value, str):
-        return intern_or_none(value) if value is not None and len(value) < 64 else value
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return _intern(value) if shared else value
     raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
 
 
@@ -112,3 +133,6 @@ def metadata_field(data: Mapping[str, Any]) -> Any:
         if not isinstance(k, str) or not isinstance(v, str):
             raise PayloadError("metadata keys and values must be strings")
     return dict(value)
+
+
+_intern = sys.intern

@@ -20,10 +20,11 @@ about compute returns ``None``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from cdm_sync.model.elements import Flavor, intern_or_none
+from cdm_sync.model.elements import Flavor
 from cdm_sync.model.events import (
     UNKNOWN,
     Cause,
@@ -36,6 +37,7 @@ from cdm_sync.model.events import (
 )
 from cdm_sync.nova.fields import (
     PayloadError,
+    brief,
     make_flavor,
     metadata_field,
     opt_bool,
@@ -139,30 +141,49 @@ def parse_notification(event_type: str, payload: Any, metadata: Any) -> Event | 
 
 
 def _object_data(payload: Any, known: Mapping[str, int], what: str) -> Mapping[str, Any]:
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise PayloadError(f"{what} is {type(payload).__name__}, expected a versioned object")
     name = payload.get("nova_object.name")
-    if name not in known:
-        raise PayloadError(f"{what} is {name!r}, expected one of {sorted(known)}")
     version = payload.get("nova_object.version")
-    if not isinstance(version, str):
-        raise PayloadError(f"{what} {name} has no nova_object.version")
-    major, _, minor = version.partition(".")
-    if not major.isdigit() or (minor and not minor.isdigit()):
-        raise PayloadError(f"{what} {name} has a malformed version {version[:20]!r}")
-    if int(major) != known[name]:
-        raise PayloadError(f"{what} {name} version {version} is unsupported (major {known[name]})")
+    if type(name) is not str or type(version) is not str:
+        raise PayloadError(
+            f"{what} has nova_object.name {brief(name)} and version {brief(version)}, "
+            "expected strings"
+        )
+    key = (id(known), name, version)
+    if key not in _accepted:
+        _check_object_version(known, what, name, version)
+        if len(_accepted) < 1024:
+            _accepted.add(key)
     data = payload.get("nova_object.data")
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise PayloadError(f"{what} {name} has no nova_object.data object")
     return data
+
+
+# (table, name, version) triples already checked: a handful in practice, so each is checked
+# once. The table is part of the key: a name valid for instances is not valid for services.
+_accepted: set[tuple[int, str, str]] = set()
+_OBJECT_VERSION = re.compile(r"(\d{1,6})(?:\.\d{1,6})?", re.ASCII)
+
+
+def _check_object_version(known: Mapping[str, int], what: str, name: str, version: str) -> None:
+    if name not in known:
+        raise PayloadError(f"{what} is {brief(name)}, expected one of {sorted(known)}")
+    matched = _OBJECT_VERSION.fullmatch(version)
+    if matched is None:
+        raise PayloadError(f"{what} {name} has a malformed version {brief(version, 20)}")
+    if int(matched.group(1)) != known[name]:
+        raise PayloadError(
+            f"{what} {name} version {version} is unsupported (major {known[name]} expected)"
+        )
 
 
 def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Event:
     data = _object_data(payload, INSTANCE_PAYLOADS, "payload")
     cause, timestamp = envelope_cause(event_type, metadata)
     uuid = required_str(data, "uuid")
-    vm_state = required_str(data, "state")
+    vm_state = required_str(data, "state", shared=True)
     version = Version(parse_time(data.get("updated_at"), "updated_at"), timestamp)
     if vm_state == "deleted":
         return InstanceDeleted(uuid, version, cause)
@@ -172,13 +193,13 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
         version=version,
         cause=cause,
         name=opt_str(data, "display_name"),
-        project_id=opt_str(data, "tenant_id"),
-        user_id=opt_str(data, "user_id"),
-        host=opt_str(data, "host") if placed else UNKNOWN,
-        node=opt_str(data, "node") if placed else UNKNOWN,
+        project_id=opt_str(data, "tenant_id", shared=True),
+        user_id=opt_str(data, "user_id", shared=True),
+        host=opt_str(data, "host", shared=True) if placed else UNKNOWN,
+        node=opt_str(data, "node", shared=True) if placed else UNKNOWN,
         vm_state=vm_state,
-        power_state=opt_str(data, "power_state"),
-        task_state=opt_str(data, "task_state"),
+        power_state=opt_str(data, "power_state", shared=True),
+        task_state=opt_str(data, "task_state", shared=True),
         flavor=_versioned_flavor(data.get("flavor", UNKNOWN)),
         locked=opt_bool(data, "locked"),
         metadata=metadata_field(data),
@@ -201,10 +222,9 @@ def _versioned_flavor(value: Any) -> Flavor | Any | None:
 def parse_versioned_service(event_type: str, payload: Any, metadata: Any) -> Event | None:
     data = _object_data(payload, SERVICE_PAYLOADS, "payload")
     cause, timestamp = envelope_cause(event_type, metadata)
-    if opt_str(data, "binary") != COMPUTE_BINARY:
+    if opt_str(data, "binary", shared=True) != COMPUTE_BINARY:
         return None
-    host = intern_or_none(required_str(data, "host"))
-    assert host is not None
+    host = required_str(data, "host", shared=True)
     version = Version(None, timestamp)
     if event_type == "service.delete":
         return ServiceDeleted(host, version, cause)
@@ -215,7 +235,7 @@ def parse_versioned_service(event_type: str, payload: Any, metadata: Any) -> Eve
         version=version,
         cause=cause,
         disabled=UNKNOWN if disabled is UNKNOWN or disabled is None else disabled,
-        disabled_reason=opt_str(data, "disabled_reason"),
+        disabled_reason=opt_str(data, "disabled_reason", shared=True),
         # A service that just sent a notification is up in Nova's eyes unless forced down; an
         # audit reading the API corrects a service that has since stopped reporting.
         state="down" if forced_down is True else "up",
@@ -230,12 +250,12 @@ def parse_legacy_instance(event_type: str, payload: Any, metadata: Any) -> Event
         raise PayloadError(f"payload is {type(payload).__name__}, expected an object")
     cause, timestamp = envelope_cause(event_type, metadata)
     uuid = required_str(payload, "instance_id")
-    vm_state = required_str(payload, "state")
+    vm_state = required_str(payload, "state", shared=True)
     version = Version(None, timestamp)
     if vm_state == "deleted" or event_type == "compute.instance.delete.end":
         return InstanceDeleted(uuid, version, cause)
     placed = not event_type.startswith(_NO_PLACEMENT_PREFIXES)
-    task_state = opt_str(payload, "state_description")
+    task_state = opt_str(payload, "state_description", shared=True)
     flavor: Any = UNKNOWN
     if "instance_type" in payload:
         flavor = make_flavor(
@@ -250,10 +270,10 @@ def parse_legacy_instance(event_type: str, payload: Any, metadata: Any) -> Event
         version=version,
         cause=cause,
         name=opt_str(payload, "display_name"),
-        project_id=opt_str(payload, "tenant_id"),
-        user_id=opt_str(payload, "user_id"),
-        host=opt_str(payload, "host") if placed else UNKNOWN,
-        node=opt_str(payload, "node") if placed else UNKNOWN,
+        project_id=opt_str(payload, "tenant_id", shared=True),
+        user_id=opt_str(payload, "user_id", shared=True),
+        host=opt_str(payload, "host", shared=True) if placed else UNKNOWN,
+        node=opt_str(payload, "node", shared=True) if placed else UNKNOWN,
         vm_state=vm_state,
         power_state=LEGACY_POWER_STATE.get(event_type, UNKNOWN),
         task_state=UNKNOWN if task_state is UNKNOWN else (task_state or None),

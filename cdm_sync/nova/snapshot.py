@@ -9,8 +9,10 @@ from 2.47 (before, the flavor is looked up in the snapshot's ``flavors`` by id).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,7 @@ from cdm_sync.model.events import (
 )
 from cdm_sync.nova.fields import (
     PayloadError,
+    brief,
     make_flavor,
     metadata_field,
     opt_bool,
@@ -39,6 +42,7 @@ from cdm_sync.nova.fields import (
     required_str,
 )
 from cdm_sync.nova.payloads import COMPUTE_BINARY
+from cdm_sync.runtime import gc_paused
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +61,16 @@ class Snapshot:
     hypervisors: list[Any]
     servers: list[Any]
     flavors: list[Any] = field(default_factory=list)
+    # Set by read_snapshot when it could translate the servers while decoding the file
+    # (then ``servers`` is empty): see TranslatedServers.
+    server_events: TranslatedServers | None = None
+
+    @property
+    def server_count(self) -> int:
+        """Server items listed (translated or not)."""
+        if self.server_events is not None:
+            return len(self.server_events) + len(self.server_events.rejected)
+        return len(self.servers)
 
     @classmethod
     def from_dict(cls, doc: Any, origin: str = "snapshot") -> Snapshot:
@@ -64,7 +78,7 @@ class Snapshot:
             raise SnapshotError(f"{origin}: expected a JSON object")
         if doc.get("format") != SNAPSHOT_FORMAT:
             raise SnapshotError(
-                f"{origin}: format is {doc.get('format')!r}, expected {SNAPSHOT_FORMAT!r}"
+                f"{origin}: format is {brief(doc.get('format'))}, expected {SNAPSHOT_FORMAT!r}"
             )
         try:
             captured = parse_time(doc.get("captured_at"), "captured_at")
@@ -74,25 +88,183 @@ class Snapshot:
             raise SnapshotError(f"{origin}: captured_at is missing")
         microversion = doc.get("compute_api_microversion")
         if not isinstance(microversion, str) or _parse_microversion(microversion) is None:
-            raise SnapshotError(f"{origin}: compute_api_microversion {microversion!r} is not X.Y")
+            raise SnapshotError(
+                f"{origin}: compute_api_microversion {brief(microversion)} is not X.Y"
+            )
         lists = {}
         for key in ("services", "hypervisors", "servers", "flavors"):
             value = doc.get(key, [] if key == "flavors" else None)
             if not isinstance(value, list):
                 raise SnapshotError(f"{origin}: {key} must be a list")
             lists[key] = value
+        translated = lists["servers"]
+        if isinstance(translated, TranslatedServers):
+            lists["servers"] = []
+            return cls(captured, microversion, **lists, server_events=translated)
         return cls(captured, microversion, **lists)
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
+    """Read a snapshot file.
+
+    The ``servers`` array (nearly all of a large file) is decoded one item at a time and kept
+    as compact :class:`ServerItem` s rather than as one huge list of dicts: the strings the model
+    keeps are then not scattered among freed dicts, which would otherwise pin several KB of heap
+    per instance for the life of the process.
+    """
     try:
-        with open(path, "rb") as fh:
-            doc = json.load(fh)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
     except OSError as exc:
         raise SnapshotError(f"{path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SnapshotError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        with gc_paused():
+            doc = _decode_streaming(text)
     except ValueError as exc:
         raise SnapshotError(f"{path}: not valid JSON ({exc})") from None
+    finally:
+        del text
     return Snapshot.from_dict(doc, str(path))
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _decode_streaming(text: str) -> Any:
+    """Decode a top-level JSON object, returning ``servers`` as a list of ServerItems.
+
+    Only the top level is walked by hand; every value is decoded by the standard decoder.
+    """
+    decode, skip = _DECODER.raw_decode, _WS.match
+    pos = skip(text, 0).end()
+    if text[pos : pos + 1] != "{":
+        return _DECODER.decode(text)  # not an object: let from_dict report it
+    doc: dict[str, Any] = {}
+    pos = skip(text, pos + 1).end()
+    if text[pos : pos + 1] == "}":
+        _expect_end(text, pos + 1)
+        return doc
+    while True:
+        key, pos = decode(text, pos)
+        if not isinstance(key, str):
+            raise ValueError(f"object key expected at char {pos}")
+        pos = skip(text, pos).end()
+        if text[pos : pos + 1] != ":":
+            raise ValueError(f"':' expected at char {pos}")
+        pos = skip(text, pos + 1).end()
+        if key == "servers" and text[pos : pos + 1] == "[":
+            doc[key], pos = _decode_items(text, pos + 1, _early_translator(doc))
+        else:
+            doc[key], pos = decode(text, pos)
+        pos = skip(text, pos).end()
+        sep = text[pos : pos + 1]
+        if sep == "}":
+            _expect_end(text, pos + 1)
+            return doc
+        if sep != ",":
+            raise ValueError(f"',' or '}}' expected at char {pos}")
+        pos = skip(text, pos + 1).end()
+
+
+class TranslatedServers(list):  # type: ignore[type-arg]
+    """Server items already translated into events while the file was decoded.
+
+    Holds events (with a provisional bootstrap cause) and, in ``rejected``, the reasons for the
+    items that could not be translated. Far smaller than the decoded items, and nothing of the
+    items is kept, which is what keeps the model's heap compact after a large bootstrap.
+    """
+
+    rejected: list[str]
+
+
+_PROVISIONAL_CAUSE = Cause("bootstrap", None, None)
+
+
+def _early_translator(doc: dict[str, Any]) -> Any:
+    """A function translating one server item, if what it needs was already read: the
+    capture time, and the flavor list when servers do not embed their flavor (< 2.47)."""
+    try:
+        captured = parse_time(doc.get("captured_at"), "captured_at")
+    except PayloadError:
+        return None
+    microversion = doc.get("compute_api_microversion")
+    parsed = _parse_microversion(microversion) if isinstance(microversion, str) else None
+    if captured is None or parsed is None:
+        return None
+    raw_flavors = doc.get("flavors")
+    if parsed < (2, 47) and not isinstance(raw_flavors, list):
+        return None
+    flavors = _flavor_index(raw_flavors if isinstance(raw_flavors, list) else [])
+
+    def translate(item: Any, out: TranslatedServers) -> None:
+        try:
+            out.append(server_event(item, captured, _PROVISIONAL_CAUSE, flavors))
+        except PayloadError as exc:
+            ident = item.get("id") if isinstance(item, Mapping) else None
+            out.rejected.append(f"server {brief(ident)}: {exc}")
+
+    return translate
+
+
+def _decode_items(text: str, pos: int, translate: Any = None) -> tuple[list[Any], int]:
+    decode, skip = _DECODER.raw_decode, _WS.match
+    items: list[Any]
+    if translate is not None:
+        items = TranslatedServers()
+        items.rejected = []
+    else:
+        items = []
+    pos = skip(text, pos).end()
+    if text[pos : pos + 1] == "]":
+        return items, pos + 1
+    while True:
+        item, pos = decode(text, pos)
+        if translate is not None:
+            translate(item, items)
+        else:
+            items.append(ServerItem.compact(item))
+        pos = skip(text, pos).end()
+        sep = text[pos : pos + 1]
+        if sep == "]":
+            return items, pos + 1
+        if sep != ",":
+            raise ValueError(f"',' or ']' expected at char {pos}")
+        pos = skip(text, pos + 1).end()
+
+
+# The keys of a server item that cdm-sync reads; the rest (addresses, links, image, ...) are
+# dropped as soon as an item is decoded.
+SERVER_KEYS = (
+    "id", "name", "tenant_id", "user_id", "status", "updated", "flavor", "locked", "metadata",
+    "OS-EXT-SRV-ATTR:host", "OS-EXT-SRV-ATTR:hypervisor_hostname", "OS-EXT-STS:vm_state",
+    "OS-EXT-STS:power_state", "OS-EXT-STS:task_state",
+)  # fmt: skip
+
+
+class ServerItem(dict):  # type: ignore[type-arg]
+    """A server item reduced to :data:`SERVER_KEYS`, its embedded flavor already shared."""
+
+    __slots__ = ()
+
+    @classmethod
+    def compact(cls, item: Any) -> Any:
+        if not isinstance(item, dict):
+            return item  # rejected later, with the reason, by server_event
+        small = cls({k: item[k] for k in SERVER_KEYS if k in item})
+        flavor = small.get("flavor")
+        if isinstance(flavor, Mapping) and ("original_name" in flavor or "vcpus" in flavor):
+            # A bad flavor stays raw: server_event rejects the item with the reason.
+            with contextlib.suppress(PayloadError):
+                small["flavor"] = _embedded_flavor(flavor)
+        return small
+
+
+def _expect_end(text: str, pos: int) -> None:
+    if _WS.match(text, pos).end() != len(text):
+        raise ValueError(f"extra data at char {pos}")
 
 
 @dataclass
@@ -103,11 +275,18 @@ class Translation:
 
 
 def snapshot_events(
-    snapshot: Snapshot, source: Source = "bootstrap", report: Translation | None = None
+    snapshot: Snapshot,
+    source: Source = "bootstrap",
+    report: Translation | None = None,
+    *,
+    consume: bool = False,
 ) -> Iterator[Event]:
     """Hypervisors, services, then servers, as events.
 
     Hypervisors come first so that services and servers find the real nodes (not placeholders).
+    With ``consume``, each server item is released from ``snapshot.servers`` once translated
+    (the list is empty afterwards): on a large snapshot the memory the items held is then
+    reused for the model being built instead of being left as holes in the heap.
     """
     report = report if report is not None else Translation()
     version = Version(None, snapshot.captured_at)
@@ -124,17 +303,44 @@ def snapshot_events(
                 continue
             if event is not None:
                 yield event
+    if snapshot.server_events is not None:
+        yield from _translated(snapshot.server_events, cause, report, consume)
+        return
+    servers = snapshot.servers
     flavors = _flavor_index(snapshot.flavors)
-    for item in snapshot.servers:
+    for index in range(len(servers)):
+        item = servers[index]
+        if consume:
+            servers[index] = None
         try:
-            yield server_event(item, snapshot.captured_at, cause, flavors)
+            event = server_event(item, snapshot.captured_at, cause, flavors)
         except PayloadError as exc:
             _reject(report, "server", item, exc)
+            continue
+        del item
+        yield event
+    if consume:
+        servers.clear()
+
+
+def _translated(
+    servers: TranslatedServers, cause: Cause, report: Translation, consume: bool
+) -> Iterator[Event]:
+    for reason in servers.rejected:
+        report.rejected.append(reason)
+        LOG.warning("Snapshot item rejected: %s", reason)
+    for index in range(len(servers)):
+        event = servers[index]
+        if consume:
+            servers[index] = None
+        yield event if cause == _PROVISIONAL_CAUSE else event._replace(cause=cause)
+    if consume:
+        servers.clear()
 
 
 def _reject(report: Translation, kind: str, item: Any, exc: Exception) -> None:
     ident = item.get("id") if isinstance(item, Mapping) else None
-    reason = f"{kind} {ident!r}: {exc}"
+    reason = f"{kind} {brief(ident)}: {exc}"
     report.rejected.append(reason)
     LOG.warning("Snapshot item rejected: %s", reason)
 
@@ -144,14 +350,14 @@ def _service(item: Any, version: Version, cause: Cause) -> ServiceObserved | Non
         raise PayloadError("not an object")
     if item.get("binary") != COMPUTE_BINARY:
         return None
-    status = opt_str(item, "status")
-    state = opt_str(item, "state")
+    status = opt_str(item, "status", shared=True)
+    state = opt_str(item, "state", shared=True)
     return ServiceObserved(
-        host=required_str(item, "host"),
+        host=required_str(item, "host", shared=True),
         version=version,
         cause=cause,
         disabled=UNKNOWN if status in (UNKNOWN, None) else status == "disabled",
-        disabled_reason=opt_str(item, "disabled_reason"),
+        disabled_reason=opt_str(item, "disabled_reason", shared=True),
         state=state,
     )
 
@@ -162,15 +368,17 @@ def _hypervisor(item: Any, version: Version, cause: Cause) -> HypervisorObserved
     ident = item.get("id")
     if isinstance(ident, bool) or not isinstance(ident, (str, int)) or ident == "":
         raise PayloadError("id is missing or not a string/integer")
+    if isinstance(ident, int) and not 0 <= ident < 10**18:
+        raise PayloadError(f"id {brief(ident)} is out of range")
     service = item.get("service")
     host: Any = None
     disabled_reason: Any = UNKNOWN
     if service is not None:
         if not isinstance(service, Mapping):
             raise PayloadError("service is not an object")
-        host = opt_str(service, "host")
-        disabled_reason = opt_str(service, "disabled_reason")
-    hostname = opt_str(item, "hypervisor_hostname")
+        host = opt_str(service, "host", shared=True)
+        disabled_reason = opt_str(service, "disabled_reason", shared=True)
+    hostname = opt_str(item, "hypervisor_hostname", shared=True)
     return HypervisorObserved(
         uuid=str(ident),
         hypervisor_hostname=None if hostname is UNKNOWN else hostname,
@@ -181,8 +389,8 @@ def _hypervisor(item: Any, version: Version, cause: Cause) -> HypervisorObserved
         memory_mb=opt_int(item, "memory_mb"),
         disk_gb=opt_int(item, "local_gb"),
         # The item carries its service's status (2.1+) and disabled reason (2.53+ in ``service``).
-        status=opt_str(item, "status"),
-        state=opt_str(item, "state"),
+        status=opt_str(item, "status", shared=True),
+        state=opt_str(item, "state", shared=True),
         disabled_reason=disabled_reason,
     )
 
@@ -195,7 +403,7 @@ def server_event(
         raise PayloadError("not an object")
     uuid = required_str(item, "id")
     version = Version(parse_time(item.get("updated"), "updated"), captured_at)
-    vm_state = opt_str(item, "OS-EXT-STS:vm_state")
+    vm_state = opt_str(item, "OS-EXT-STS:vm_state", shared=True)
     if vm_state == "deleted" or item.get("status") == "DELETED":
         return InstanceDeleted(uuid, version, cause, reason="deleted in Nova")
     power = item.get("OS-EXT-STS:power_state", UNKNOWN)
@@ -208,13 +416,13 @@ def server_event(
         version=version,
         cause=cause,
         name=opt_str(item, "name"),
-        project_id=opt_str(item, "tenant_id"),
-        user_id=opt_str(item, "user_id"),
-        host=opt_str(item, "OS-EXT-SRV-ATTR:host"),
-        node=opt_str(item, "OS-EXT-SRV-ATTR:hypervisor_hostname"),
+        project_id=opt_str(item, "tenant_id", shared=True),
+        user_id=opt_str(item, "user_id", shared=True),
+        host=opt_str(item, "OS-EXT-SRV-ATTR:host", shared=True),
+        node=opt_str(item, "OS-EXT-SRV-ATTR:hypervisor_hostname", shared=True),
         vm_state=vm_state,
         power_state=power,
-        task_state=opt_str(item, "OS-EXT-STS:task_state"),
+        task_state=opt_str(item, "OS-EXT-STS:task_state", shared=True),
         flavor=_server_flavor(item.get("flavor"), flavors),
         locked=opt_bool(item, "locked"),
         metadata=metadata_field(item),
@@ -222,30 +430,35 @@ def server_event(
 
 
 def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | Any | None:
-    if value is None:
-        return None
+    if value is None or isinstance(value, Flavor):
+        return value
     if not isinstance(value, Mapping):
         raise PayloadError("flavor is not an object")
     if "original_name" in value or "vcpus" in value:  # embedded, microversion >= 2.47
-        return make_flavor(
-            opt_str(value, "original_name"),
-            opt_int(value, "vcpus"),
-            opt_int(value, "ram"),
-            opt_int(value, "disk"),
-            opt_int(value, "ephemeral"),
-        )
+        return _embedded_flavor(value)
     ident = value.get("id")
-    found = flavors.get(str(ident)) if ident is not None else None
+    found = flavors.get(_flavor_id(ident))
     return found if found is not None else UNKNOWN
+
+
+def _embedded_flavor(value: Mapping[str, Any]) -> Flavor:
+    return make_flavor(
+        opt_str(value, "original_name", shared=True),
+        opt_int(value, "vcpus"),
+        opt_int(value, "ram"),
+        opt_int(value, "disk"),
+        opt_int(value, "ephemeral"),
+    )
 
 
 def _flavor_index(items: list[Any]) -> dict[str, Flavor]:
     index: dict[str, Flavor] = {}
     for item in items:
-        if not isinstance(item, Mapping) or item.get("id") is None:
+        ident = _flavor_id(item.get("id")) if isinstance(item, Mapping) else None
+        if ident is None:
             continue
         try:
-            index[str(item["id"])] = make_flavor(
+            index[ident] = make_flavor(
                 opt_str(item, "name"),
                 opt_int(item, "vcpus"),
                 opt_int(item, "ram"),
@@ -253,15 +466,25 @@ def _flavor_index(items: list[Any]) -> dict[str, Flavor]:
                 opt_int(item, "OS-FLV-EXT-DATA:ephemeral"),
             )
         except PayloadError as exc:
-            LOG.warning("Snapshot flavor %r ignored: %s", item.get("id"), exc)
+            LOG.warning("Snapshot flavor %s ignored: %s", brief(ident), exc)
     return index
 
 
-def _parse_microversion(text: str) -> tuple[int, int] | None:
-    major, _, minor = text.partition(".")
-    if major.isdigit() and minor.isdigit():
-        return int(major), int(minor)
+def _flavor_id(value: Any) -> str | None:
+    """Flavor ids are strings (integers in very old clouds); anything else matches nothing."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value) if -(10**18) < value < 10**18 else None
     return None
+
+
+_MICROVERSION = re.compile(r"(\d{1,4})\.(\d{1,4})", re.ASCII)
+
+
+def _parse_microversion(text: str) -> tuple[int, int] | None:
+    matched = _MICROVERSION.fullmatch(text)
+    return (int(matched.group(1)), int(matched.group(2))) if matched else None
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from cdm_sync.messaging.endpoints import deliver, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.snapshot import Snapshot, Translation, read_snapshot, snapshot_events
 from cdm_sync.nova.trace import read_trace
+from cdm_sync.runtime import gc_paused
 from cdm_sync.sync.audit import AuditReport, full_audit
 from cdm_sync.sync.service import SyncService
 
@@ -37,15 +38,20 @@ class ReplayResult:
 
 
 def bootstrap(service: SyncService, snapshot: Snapshot) -> Translation:
-    """Load a snapshot into the model (cause ``bootstrap``), logging progress."""
+    """Load a snapshot into the model (cause ``bootstrap``), logging progress.
+
+    Consumes ``snapshot.servers`` (see :func:`snapshot_events`).
+    """
     translation = Translation()
-    total = len(snapshot.servers)
+    total = snapshot.server_count
     started = time.monotonic()
 
     def progress(n: int) -> None:
         LOG.info("Bootstrap: %d items applied (%d servers listed)", n, total)
 
-    service.submit_all(snapshot_events(snapshot, "bootstrap", translation), progress)
+    with gc_paused():
+        events = snapshot_events(snapshot, "bootstrap", translation, consume=True)
+        service.submit_all(events, progress)
     LOG.info(
         "Bootstrap done in %.2fs: %d compute nodes, %d instances, %d items rejected",
         time.monotonic() - started,

@@ -72,6 +72,21 @@ class FormatArbiter:
         return abs(stamp - last) <= self.window
 
 
+class EventTypeFilter(oslo_messaging.NotificationFilter):
+    """oslo.messaging's filter on event type alone, matched without the checks of the other
+    four fields it would otherwise run for every notification (a measurable share of the
+    notification hot path)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        super().__init__(event_type=pattern.pattern)
+        self._pattern = pattern
+
+    def match(
+        self, context: Any, publisher_id: Any, event_type: Any, metadata: Any, payload: Any
+    ) -> bool:
+        return isinstance(event_type, str) and self._pattern.match(event_type) is not None
+
+
 class _Endpoint:
     """Shared behaviour; subclasses set ``EVENT_TYPES``, ``filter_rule`` and ``parse``."""
 
@@ -121,7 +136,7 @@ class _Endpoint:
 
 class VersionedInstanceEndpoint(_Endpoint):
     EVENT_TYPES = re.compile(r"^instance\.")
-    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
+    filter_rule = EventTypeFilter(EVENT_TYPES)
 
     def parse(self, event_type: str, payload: Any, metadata: Any) -> Any:
         return parse_versioned_instance(event_type, payload, metadata)
@@ -129,7 +144,7 @@ class VersionedInstanceEndpoint(_Endpoint):
 
 class VersionedServiceEndpoint(_Endpoint):
     EVENT_TYPES = re.compile(r"^service\.(create|update|delete)$")
-    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
+    filter_rule = EventTypeFilter(EVENT_TYPES)
 
     def parse(self, event_type: str, payload: Any, metadata: Any) -> Any:
         return parse_versioned_service(event_type, payload, metadata)
@@ -137,7 +152,7 @@ class VersionedServiceEndpoint(_Endpoint):
 
 class LegacyInstanceEndpoint(_Endpoint):
     EVENT_TYPES = re.compile(r"^compute\.instance\.")
-    filter_rule = oslo_messaging.NotificationFilter(event_type=EVENT_TYPES.pattern)
+    filter_rule = EventTypeFilter(EVENT_TYPES)
 
     def __init__(self, service: SyncService, arbiter: FormatArbiter) -> None:
         super().__init__(service)

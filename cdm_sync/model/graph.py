@@ -41,7 +41,7 @@ class _NoAttributes(dict):
         raise TypeError("the compute graph holds no attributes")
 
     def update(self, *args: Any, **kwargs: Any) -> None:
-        if any(args) or kwargs:
+        if kwargs or (args and args[0]):
             raise TypeError("the compute graph holds no attributes")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from cdm_sync.model.elements import EMPTY_METADATA, Flavor, intern_or_none
@@ -35,24 +35,31 @@ class PayloadError(ValueError):
     """A notification that cannot be understood; the message says why."""
 
 
-def parse_time(value: Any, what: str) -> float | None:
-    """An ISO 8601 / oslo timestamp as POSIX seconds; naive times are UTC."""
+def parse_time(value: Any, what: str, *, repeats: bool = True) -> float | None:
+    """An ISO 8601 / oslo timestamp as POSIX seconds; naive times are UTC.
+
+    ``repeats``: the value is likely seen again (``updated_at`` has one-second resolution), so
+    results are cached; envelope timestamps are unique, and caching them would only cost.
+    """
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
+    if type(value) is not str:
         raise PayloadError(f"{what} is {type(value).__name__}, expected a timestamp string")
     try:
-        return _parse_time_cached(value)
+        return _parse_time_cached(value) if repeats else _parse_time(value)
     except ValueError:
         raise PayloadError(f"{what} {brief(value, 40)} is not a timestamp") from None
 
 
-@functools.lru_cache(maxsize=8192)
-def _parse_time_cached(value: str) -> float:
+def _parse_time(value: str) -> float:
     parsed = datetime.fromisoformat(value)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        return (parsed - _EPOCH).total_seconds()
     return parsed.timestamp()
+
+
+_EPOCH = datetime(1970, 1, 1)
+_parse_time_cached = functools.lru_cache(maxsize=8192)(_parse_time)
 
 
 _flavors: dict[tuple[Any, ...], Flavor] = {}

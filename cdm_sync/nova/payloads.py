@@ -21,6 +21,7 @@ about compute returns ``None``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -101,6 +102,8 @@ LEGACY_POWER_STATE: Mapping[str, str] = {
 
 COMPUTE_BINARY = "nova-compute"
 
+_intern = sys.intern
+
 
 # -- envelope ------------------------------------------------------------------------------------
 
@@ -115,7 +118,7 @@ def envelope_cause(
     message_id = metadata.get("message_id")
     if message_id is not None and not isinstance(message_id, str):
         raise PayloadError("metadata.message_id is not a string")
-    timestamp = parse_time(metadata.get("timestamp"), "metadata.timestamp")
+    timestamp = parse_time(metadata.get("timestamp"), "metadata.timestamp", repeats=False)
     return Cause(source, event_type, message_id), timestamp  # type: ignore[arg-type]
 
 
@@ -187,23 +190,54 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     version = Version(parse_time(data.get("updated_at"), "updated_at"), timestamp)
     if vm_state == "deleted":
         return InstanceDeleted(uuid, version, cause)
-    placed = not event_type.startswith(_NO_PLACEMENT_PREFIXES)
+    # The string fields, checked in one loop (this is the notification hot path).
+    name, project_id, user_id, host, node, power_state, task_state = _instance_strings(data)
+    if event_type.startswith(_NO_PLACEMENT_PREFIXES):
+        host = node = UNKNOWN
     return InstanceObserved(
         uuid=uuid,
         version=version,
         cause=cause,
-        name=opt_str(data, "display_name"),
-        project_id=opt_str(data, "tenant_id", shared=True),
-        user_id=opt_str(data, "user_id", shared=True),
-        host=opt_str(data, "host", shared=True) if placed else UNKNOWN,
-        node=opt_str(data, "node", shared=True) if placed else UNKNOWN,
+        name=name,
+        project_id=project_id,
+        user_id=user_id,
+        host=host,
+        node=node,
         vm_state=vm_state,
-        power_state=opt_str(data, "power_state", shared=True),
-        task_state=opt_str(data, "task_state", shared=True),
+        power_state=power_state,
+        task_state=task_state,
         flavor=_versioned_flavor(data.get("flavor", UNKNOWN)),
         locked=opt_bool(data, "locked"),
         metadata=metadata_field(data),
     )
+
+
+# InstancePayload's optional string fields, in the order parse_versioned_instance unpacks them,
+# each with whether its values repeat across instances (and so are interned).
+_INSTANCE_STRINGS = (
+    ("display_name", False),
+    ("tenant_id", True),
+    ("user_id", True),
+    ("host", True),
+    ("node", True),
+    ("power_state", True),
+    ("task_state", True),
+)
+
+
+def _instance_strings(data: Mapping[str, Any]) -> list[Any]:
+    """Like :func:`opt_str` for each of ``_INSTANCE_STRINGS``."""
+    values: list[Any] = []
+    get = data.get
+    for key, shared in _INSTANCE_STRINGS:
+        value = get(key, UNKNOWN)
+        if value is not UNKNOWN and value is not None:
+            if type(value) is not str:
+                raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
+            if shared:
+                value = _intern(value)
+        values.append(value)
+    return values
 
 
 def _versioned_flavor(value: Any) -> Flavor | Any | None:

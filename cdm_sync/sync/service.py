@@ -97,7 +97,15 @@ OTHER = "(other)"
 def _label(event_type: str) -> str:
     """The counter key for an event type: notifications are untrusted input, so a type that
     does not look like one is counted under one key instead of growing the counters forever."""
-    return event_type if _EVENT_TYPE.fullmatch(event_type) else OTHER
+    label = _labels.get(event_type)
+    if label is None:
+        label = event_type if _EVENT_TYPE.fullmatch(event_type) else OTHER
+        if len(_labels) < 4096:
+            _labels[event_type] = label
+    return label
+
+
+_labels: dict[str, str] = {}
 
 
 def _rollup(outcome: str) -> str:

@@ -106,6 +106,22 @@ def opt_str(data: Mapping[str, Any], key: str, *, shared: bool = False) -> Any:
     raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
 
 
+def optional_strings(data: Mapping[str, Any], fields: tuple[tuple[str, bool], ...]) -> list[Any]:
+    """:func:`opt_str` for each ``(key, shared)`` of ``fields``, in one loop: the hot paths
+    (every notification, every server of a bootstrap) check several fields at once."""
+    values: list[Any] = []
+    get = data.get
+    for key, shared in fields:
+        value = get(key, UNKNOWN)
+        if value is not UNKNOWN and value is not None:
+            if type(value) is not str:
+                raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
+            if shared:
+                value = _intern(value)
+        values.append(value)
+    return values
+
+
 def opt_int(data: Mapping[str, Any], key: str) -> Any:
     if key not in data:
         return UNKNOWN

@@ -21,7 +21,6 @@ about compute returns ``None``.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +43,7 @@ from cdm_sync.nova.fields import (
     opt_bool,
     opt_int,
     opt_str,
+    optional_strings,
     parse_time,
     required_str,
 )
@@ -101,8 +101,6 @@ LEGACY_POWER_STATE: Mapping[str, str] = {
 }
 
 COMPUTE_BINARY = "nova-compute"
-
-_intern = sys.intern
 
 
 # -- envelope ------------------------------------------------------------------------------------
@@ -191,7 +189,9 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     if vm_state == "deleted":
         return InstanceDeleted(uuid, version, cause)
     # The string fields, checked in one loop (this is the notification hot path).
-    name, project_id, user_id, host, node, power_state, task_state = _instance_strings(data)
+    name, project_id, user_id, host, node, power_state, task_state = optional_strings(
+        data, _INSTANCE_STRINGS
+    )
     if event_type.startswith(_NO_PLACEMENT_PREFIXES):
         host = node = UNKNOWN
     return InstanceObserved(
@@ -223,21 +223,6 @@ _INSTANCE_STRINGS = (
     ("power_state", True),
     ("task_state", True),
 )
-
-
-def _instance_strings(data: Mapping[str, Any]) -> list[Any]:
-    """Like :func:`opt_str` for each of ``_INSTANCE_STRINGS``."""
-    values: list[Any] = []
-    get = data.get
-    for key, shared in _INSTANCE_STRINGS:
-        value = get(key, UNKNOWN)
-        if value is not UNKNOWN and value is not None:
-            if type(value) is not str:
-                raise PayloadError(f"{key} is {type(value).__name__}, expected a string")
-            if shared:
-                value = _intern(value)
-        values.append(value)
-    return values
 
 
 def _versioned_flavor(value: Any) -> Flavor | Any | None:

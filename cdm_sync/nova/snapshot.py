@@ -38,6 +38,7 @@ from cdm_sync.nova.fields import (
     opt_bool,
     opt_int,
     opt_str,
+    optional_strings,
     parse_time,
     required_str,
 )
@@ -113,8 +114,9 @@ def read_snapshot(path: str | Path) -> Snapshot:
     per instance for the life of the process.
     """
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        # Bytes, then one decode: text mode reads several times slower on a large file.
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
     except OSError as exc:
         raise SnapshotError(f"{path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
@@ -411,22 +413,35 @@ def server_event(
         if isinstance(power, bool) or not isinstance(power, int):
             raise PayloadError("OS-EXT-STS:power_state is not an integer")
         power = POWER_STATE_NAMES.get(power)
+    name, project_id, user_id, host, node, task_state = optional_strings(item, _SERVER_STRINGS)
     return InstanceObserved(
         uuid=uuid,
         version=version,
         cause=cause,
-        name=opt_str(item, "name"),
-        project_id=opt_str(item, "tenant_id", shared=True),
-        user_id=opt_str(item, "user_id", shared=True),
-        host=opt_str(item, "OS-EXT-SRV-ATTR:host", shared=True),
-        node=opt_str(item, "OS-EXT-SRV-ATTR:hypervisor_hostname", shared=True),
+        name=name,
+        project_id=project_id,
+        user_id=user_id,
+        host=host,
+        node=node,
         vm_state=vm_state,
         power_state=power,
-        task_state=opt_str(item, "OS-EXT-STS:task_state", shared=True),
+        task_state=task_state,
         flavor=_server_flavor(item.get("flavor"), flavors),
         locked=opt_bool(item, "locked"),
         metadata=metadata_field(item),
     )
+
+
+# A server item's optional string fields, in the order server_event unpacks them, each with
+# whether its values repeat across servers (and so are interned).
+_SERVER_STRINGS = (
+    ("name", False),
+    ("tenant_id", True),
+    ("user_id", True),
+    ("OS-EXT-SRV-ATTR:host", True),
+    ("OS-EXT-SRV-ATTR:hypervisor_hostname", True),
+    ("OS-EXT-STS:task_state", True),
+)
 
 
 def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | Any | None:

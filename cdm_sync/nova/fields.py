@@ -83,6 +83,42 @@ def make_flavor(name: Any, vcpus: Any, ram: Any, disk: Any, ephemeral: Any) -> F
     return flavor
 
 
+def flavor_from(data: Mapping[str, Any], keys: tuple[str, str, str, str, str]) -> Flavor:
+    """The flavor ``data`` describes; ``keys`` name its name, vcpus, RAM, disk and ephemeral
+    fields (the API and the notifications name them differently).
+
+    Thousands of instances share a few flavors, so a flavor already validated is found by its
+    raw values (exact types only: ``True`` is not a vcpu count) before any per-field check.
+    """
+    get = data.get
+    name, vcpus, ram, disk, ephemeral = (get(key, UNKNOWN) for key in keys)
+    exact = (
+        type(name) is str
+        and type(vcpus) is int
+        and type(ram) is int
+        and type(disk) is int
+        and type(ephemeral) is int
+    )
+    if exact:
+        raw = (keys, name, vcpus, ram, disk, ephemeral)
+        found = _flavors_by_raw.get(raw)
+        if found is not None:
+            return found
+    flavor = make_flavor(
+        opt_str(data, keys[0], shared=True),
+        opt_int(data, keys[1]),
+        opt_int(data, keys[2]),
+        opt_int(data, keys[3]),
+        opt_int(data, keys[4]),
+    )
+    if exact and len(_flavors_by_raw) < _FLAVOR_CACHE_LIMIT:
+        _flavors_by_raw[raw] = flavor
+    return flavor
+
+
+_flavors_by_raw: dict[tuple[Any, ...], Flavor] = {}
+
+
 def required_str(data: Mapping[str, Any], key: str, *, shared: bool = False) -> str:
     """A non-empty string; ``shared`` interns it (for values many elements repeat: hosts,
     states, projects), saving memory on large models. Unique values (uuids, names) are not."""

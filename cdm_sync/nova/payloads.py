@@ -38,6 +38,7 @@ from cdm_sync.model.events import (
 from cdm_sync.nova.fields import (
     PayloadError,
     brief,
+    flavor_from,
     make_flavor,
     metadata_field,
     opt_bool,
@@ -229,13 +230,10 @@ def _versioned_flavor(value: Any) -> Flavor | Any | None:
     if value is UNKNOWN or value is None:
         return value
     data = _object_data(value, FLAVOR_PAYLOADS, "flavor")
-    return make_flavor(
-        opt_str(data, "name"),
-        opt_int(data, "vcpus"),
-        opt_int(data, "memory_mb"),
-        opt_int(data, "root_gb"),
-        opt_int(data, "ephemeral_gb"),
-    )
+    return flavor_from(data, _FLAVOR_PAYLOAD_KEYS)
+
+
+_FLAVOR_PAYLOAD_KEYS = ("name", "vcpus", "memory_mb", "root_gb", "ephemeral_gb")
 
 
 def parse_versioned_service(event_type: str, payload: Any, metadata: Any) -> Event | None:

@@ -33,6 +33,7 @@ from cdm_sync.model.events import (
 from cdm_sync.nova.fields import (
     PayloadError,
     brief,
+    flavor_from,
     make_flavor,
     metadata_field,
     opt_bool,
@@ -457,13 +458,10 @@ def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | Any | 
 
 
 def _embedded_flavor(value: Mapping[str, Any]) -> Flavor:
-    return make_flavor(
-        opt_str(value, "original_name", shared=True),
-        opt_int(value, "vcpus"),
-        opt_int(value, "ram"),
-        opt_int(value, "disk"),
-        opt_int(value, "ephemeral"),
-    )
+    return flavor_from(value, _EMBEDDED_FLAVOR_KEYS)
+
+
+_EMBEDDED_FLAVOR_KEYS = ("original_name", "vcpus", "ram", "disk", "ephemeral")
 
 
 def _flavor_index(items: list[Any]) -> dict[str, Flavor]:

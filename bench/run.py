@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from cdm_sync.messaging.endpoints import deliver, make_endpoints
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel, Flavor
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, read_snapshot
@@ -568,9 +568,10 @@ def _elapsed(start: tuple[float, float]) -> dict[str, float]:
 def _deliver_all(
     endpoints: list[Any], service: SyncService, lines: list[dict[str, Any]]
 ) -> dict[str, float]:
+    dispatcher = Dispatcher(endpoints, service)  # what replay and a listener's dispatch do
     start = _clock()
     for line in lines:
-        deliver(endpoints, service, line)
+        dispatcher.deliver(line)
     return _elapsed(start)
 
 
@@ -673,8 +674,9 @@ def run_worker(
         lines = sim.state_stream(notifications // 2) + sim.move_stream(notifications // 2)
         prof = cProfile.Profile()
         prof.enable()
+        dispatcher = Dispatcher(endpoints, service)
         for line in lines:
-            deliver(endpoints, service, line)
+            dispatcher.deliver(line)
         prof.disable()
         del lines, sim
         apply_text = _profile_text(prof, top)
@@ -851,6 +853,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             info = write_snapshot(size, path, args.seed)
             info["seconds"] = time.perf_counter() - t0
+            # Flush the new file to disk first: a real bootstrap reads a snapshot at rest, not
+            # one the kernel is still writing back while it is being read.
+            os.sync()
             files[name] = info
             _log(
                 f"[{name}] {info['bytes'] / 2**20:,.0f} MB in {info['seconds']:.1f} s; "

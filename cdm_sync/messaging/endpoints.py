@@ -250,33 +250,52 @@ def make_endpoints(
     return [TrafficEndpoint(service, arbiter, handlers), *handlers]
 
 
+class Dispatcher:
+    """Dispatches trace lines (FORMATS.md §2) to endpoints as oslo.messaging's notification
+    dispatcher does: per priority, each endpoint with that method whose ``filter_rule`` (if
+    any) matches, resolved once up front."""
+
+    def __init__(self, endpoints: Sequence[Any], service: SyncService) -> None:
+        self.service = service
+        self._callbacks = {
+            priority: [
+                (getattr(e, "filter_rule", None), getattr(e, priority))
+                for e in endpoints
+                if hasattr(e, priority)
+            ]
+            for priority in _PRIORITIES
+        }
+
+    def deliver(self, line: Any) -> None:
+        service = self.service
+        if type(line) is not dict and not isinstance(line, Mapping):
+            service.stats.rejection("(unparsable)", "trace line is not an object")
+            return
+        event_type = line.get("event_type")
+        raw_priority = line.get("priority", "info")
+        priority = raw_priority.lower() if isinstance(raw_priority, str) else None
+        if priority == "warning":
+            priority = "warn"
+        callbacks = self._callbacks.get(priority) if priority is not None else None
+        if type(event_type) is not str or callbacks is None:
+            label = event_type if isinstance(event_type, str) else "(not a string)"
+            service.stats.rejection(
+                label,
+                f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}",
+            )
+            return
+        ctxt = line.get("ctxt") or {}
+        publisher_id = line.get("publisher_id")
+        payload = line.get("payload")
+        metadata = line.get("metadata") or {}
+        for rule, method in callbacks:
+            if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload):
+                method(ctxt, publisher_id, event_type, payload, metadata)
+
+
 def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
-    """Dispatch one trace line (FORMATS.md §2) as oslo.messaging's dispatcher would."""
-    if not isinstance(line, Mapping):
-        service.stats.rejection("(unparsable)", "trace line is not an object")
-        return
-    event_type = line.get("event_type")
-    raw_priority = line.get("priority", "info")
-    priority = raw_priority.lower() if isinstance(raw_priority, str) else None
-    if priority == "warning":
-        priority = "warn"
-    if not isinstance(event_type, str) or priority not in _PRIORITIES:
-        label = event_type if isinstance(event_type, str) else "(not a string)"
-        service.stats.rejection(
-            label, f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}"
-        )
-        return
-    ctxt = line.get("ctxt") or {}
-    publisher_id = line.get("publisher_id")
-    payload = line.get("payload")
-    metadata = line.get("metadata") or {}
-    for endpoint in endpoints:
-        method = getattr(endpoint, priority, None)
-        if method is None:
-            continue
-        rule = getattr(endpoint, "filter_rule", None)
-        if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload):
-            method(ctxt, publisher_id, event_type, payload, metadata)
+    """Dispatch one trace line; for many lines, build one :class:`Dispatcher` instead."""
+    Dispatcher(endpoints, service).deliver(line)
 
 
 def _timestamp(metadata: Any) -> float | None:
@@ -297,6 +316,7 @@ def _message_id(metadata: Any) -> Any:
 __all__ = [
     "NOVA_FORMATS",
     "REJECTED",
+    "Dispatcher",
     "FormatArbiter",
     "LegacyInstanceEndpoint",
     "TrafficEndpoint",

@@ -208,8 +208,10 @@ class _Writer:
 
 
 def apply_event(model: ComputeModel, event: Any, now: float) -> tuple[Outcome, list[ChangeRecord]]:
-    model.instance_tombstones.purge(now)
-    model.host_tombstones.purge(now)
+    if now >= model._next_purge:  # expiry to the second is plenty for a TTL of minutes
+        model.instance_tombstones.purge(now)
+        model.host_tombstones.purge(now)
+        model._next_purge = now + 1.0
     message_id = event.cause.message_id
     if message_id is not None:
         seen = model._seen_messages

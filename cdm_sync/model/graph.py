@@ -108,6 +108,7 @@ class ComputeModel:
         self.host_tombstones = Tombstones(tombstone_ttl)
         # Insertion-ordered, evicted oldest first in O(1) (a plain dict's next(iter()) is not).
         self._seen_messages: OrderedDict[str, None] = OrderedDict()
+        self._next_purge = 0.0
         self._dedupe_window = dedupe_window
 
     # -- writing -----------------------------------------------------------------------------

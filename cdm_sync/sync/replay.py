@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cdm_sync.messaging.endpoints import deliver, make_endpoints
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.snapshot import Snapshot, Translation, read_snapshot, snapshot_events
 from cdm_sync.nova.trace import read_trace
@@ -83,7 +83,7 @@ def replay(
     if on_changes is not None:
         service.add_publisher(on_changes)
     translation = bootstrap(service, first)
-    endpoints = make_endpoints(service, nova_format, supersede_window)
+    dispatcher = Dispatcher(make_endpoints(service, nova_format, supersede_window), service)
     lines = 0
     for number, line, error in read_trace(trace):
         lines += 1
@@ -91,7 +91,7 @@ def replay(
             service.stats.rejection("(unparsable)", error)
             LOG.warning("Trace %s: %s", trace, error)
             continue
-        deliver(endpoints, service, line)
+        dispatcher.deliver(line)
         if lines % PROGRESS_EVERY == 0:
             LOG.info("Replay: %d trace lines delivered (line %d)", lines, number)
     LOG.info("Replay: %d trace lines delivered; %s", lines, service.stats.summary().line())

@@ -725,14 +725,14 @@ def _rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     scaled = "" if result["instances"] == BOOTSTRAP_TARGET_INSTANCES else " (scaled)"
     rows += [
         (
-            "bootstrap: read_snapshot + submit_all (s)",
+            "bootstrap: read_snapshot + bootstrap (s)",
             size,
             seconds(boot["total"]),
             f"< {target:.2f}{scaled}",
             ok(boot["total"]["wall"] < target),
         ),
         ("bootstrap: of which read_snapshot (s)", size, seconds(boot["read"]), "-", "-"),
-        ("bootstrap: of which submit_all (s)", size, seconds(boot["apply"]), "-", "-"),
+        ("bootstrap: of which bootstrap() (s)", size, seconds(boot["apply"]), "-", "-"),
         (
             "bootstrap: RSS per instance, JSON freed (KB)",
             size,

@@ -326,13 +326,19 @@ def _service_deleted(w: _Writer, ev: ServiceDeleted) -> Outcome:
 def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
     m = w.m
     current = m._nodes.get(ev.uuid)
+    previous: str | None = None
     if current is not None:
         if ev.version.older_than(m._node_versions.get(ev.uuid, NO_VERSION)):
             return Outcome.STALE
         base = current
     else:
-        base = _inherited(m, ev) or ComputeNode(
-            uuid=ev.uuid, hostname=None, hypervisor_hostname=None
+        # Whatever held this hypervisor's name before (a placeholder, or a node Nova has since
+        # re-created under a new uuid) is replaced, passing on the service status it learned.
+        previous = _occupant(m, ev)
+        base = (
+            m._nodes[previous]
+            if previous is not None
+            else ComputeNode(uuid=ev.uuid, hostname=None, hypervisor_hostname=None)
         )
     new = base._replace(
         uuid=ev.uuid,
@@ -348,15 +354,9 @@ def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
         else ev.disabled_reason,
         placeholder=False,
     )
-    if current is None:
-        # Whatever held this hypervisor's name before (a placeholder, or a node Nova has since
-        # re-created under a new uuid) is replaced; its instances move to the real node.
-        previous = _occupant(m, ev)
-        if previous is not None:
-            w.put_node(new, ev.version)  # the real node first, so the instances can move
-            w.drop_node(previous, replacement=ev.uuid)
-            return Outcome.UNCHANGED
-    w.put_node(new, ev.version)
+    w.put_node(new, ev.version)  # the real node first, so the instances can move to it
+    if previous is not None:
+        w.drop_node(previous, replacement=ev.uuid)
     return Outcome.UNCHANGED
 
 
@@ -381,12 +381,6 @@ def _occupant(m: ComputeModel, ev: HypervisorObserved) -> str | None:
             if node.placeholder and node.hypervisor_hostname is None:
                 return uuid
     return None
-
-
-def _inherited(m: ComputeModel, ev: HypervisorObserved) -> ComputeNode | None:
-    """The service status a placeholder already learned, carried over to the real node."""
-    previous = _occupant(m, ev)
-    return m._nodes[previous] if previous is not None else None
 
 
 def _with_service(node: ComputeNode, ev: ServiceObserved) -> ComputeNode:

@@ -109,10 +109,12 @@ class Snapshot:
 def read_snapshot(path: str | Path) -> Snapshot:
     """Read a snapshot file.
 
-    The ``servers`` array (nearly all of a large file) is decoded one item at a time and kept
-    as compact :class:`ServerItem` s rather than as one huge list of dicts: the strings the model
-    keeps are then not scattered among freed dicts, which would otherwise pin several KB of heap
-    per instance for the life of the process.
+    The ``servers`` array (nearly all of a large file) is decoded one item at a time, and each
+    item is translated into its event at once when the capture time (and, below microversion
+    2.47, the flavor list) came earlier in the file, as in files written with sorted keys;
+    otherwise items are kept reduced to the keys cdm-sync reads (:class:`ServerItem`). Either
+    way the decoded dicts never accumulate, so what the model keeps is not scattered among
+    freed objects, which would pin several KB of heap per instance for the life of the process.
     """
     try:
         # Bytes, then one decode: text mode reads several times slower on a large file.
@@ -137,7 +139,7 @@ _DECODER = json.JSONDecoder()
 
 
 def _decode_streaming(text: str) -> Any:
-    """Decode a top-level JSON object, returning ``servers`` as a list of ServerItems.
+    """Decode a top-level JSON object, its ``servers`` as TranslatedServers or ServerItems.
 
     Only the top level is walked by hand; every value is decoded by the standard decoder.
     """

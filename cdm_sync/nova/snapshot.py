@@ -12,12 +12,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdm_sync.model.changes import format_timestamp
 from cdm_sync.model.elements import POWER_STATE_NAMES, Flavor
 from cdm_sync.model.events import (
     UNKNOWN,
@@ -66,6 +68,9 @@ class Snapshot:
     # Set by read_snapshot when it could translate the servers while decoding the file
     # (then ``servers`` is empty): see TranslatedServers.
     server_events: TranslatedServers | None = None
+    # Placement inventories by resource provider uuid (= compute node uuid), for microversions
+    # whose hypervisors carry no capacity (2.88+): {"uuid": {"VCPU": {"total": 64, ...}, ...}}.
+    inventories: dict[str, Any] = field(default_factory=dict)
 
     @property
     def server_count(self) -> int:
@@ -99,11 +104,44 @@ class Snapshot:
             if not isinstance(value, list):
                 raise SnapshotError(f"{origin}: {key} must be a list")
             lists[key] = value
+        inventories = doc.get("inventories", {})
+        if not isinstance(inventories, dict):
+            raise SnapshotError(f"{origin}: inventories must be an object")
         translated = lists["servers"]
         if isinstance(translated, TranslatedServers):
             lists["servers"] = []
-            return cls(captured, microversion, **lists, server_events=translated)
-        return cls(captured, microversion, **lists)
+            return cls(
+                captured, microversion, **lists, server_events=translated, inventories=inventories
+            )
+        return cls(captured, microversion, **lists, inventories=inventories)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The FORMATS.md §1 document (keys sorted, so a reader can translate servers while
+        decoding: ``captured_at`` and ``flavors`` come before ``servers``)."""
+        if self.server_events is not None:
+            raise ValueError("a snapshot read with translated servers cannot be written back")
+        doc: dict[str, Any] = {
+            "captured_at": format_timestamp(self.captured_at),
+            "compute_api_microversion": self.microversion,
+            "flavors": self.flavors,
+            "format": SNAPSHOT_FORMAT,
+            "hypervisors": self.hypervisors,
+            "servers": self.servers,
+            "services": self.services,
+        }
+        if self.inventories:
+            doc["inventories"] = self.inventories
+        return dict(sorted(doc.items()))
+
+
+def write_snapshot(snapshot: Snapshot, path: str | Path) -> None:
+    """Write a snapshot file atomically (write, then rename): readers never see half of one."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(snapshot.to_dict(), fh, separators=(",", ":"), sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, target)
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
@@ -296,6 +334,7 @@ def snapshot_events(
     report = report if report is not None else Translation()
     version = Version(None, snapshot.captured_at)
     cause = Cause(source, None, None)
+    capacity = _capacity_from(snapshot.inventories)
     for kind, items, translate in (
         ("hypervisor", snapshot.hypervisors, _hypervisor),
         ("service", snapshot.services, _service),
@@ -303,6 +342,8 @@ def snapshot_events(
         for item in items:
             try:
                 event = translate(item, version, cause)
+                if kind == "hypervisor" and event.uuid in capacity:
+                    event = _with_capacity(event, capacity[event.uuid])
             except PayloadError as exc:
                 _reject(report, kind, item, exc)
                 continue
@@ -341,6 +382,34 @@ def _translated(
         yield event if cause == _PROVISIONAL_CAUSE else event._replace(cause=cause)
     if consume:
         servers.clear()
+
+
+# Placement resource classes → the node's capacity fields (DISK_GB is local disk, like the
+# hypervisor's local_gb). Capacity is the inventory's ``total``, as the hypervisor API reported.
+_RESOURCE_CLASSES = (("VCPU", "vcpus"), ("MEMORY_MB", "memory_mb"), ("DISK_GB", "disk_gb"))
+
+
+def _capacity_from(inventories: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    capacity: dict[str, dict[str, int]] = {}
+    for provider, classes in inventories.items():
+        if not isinstance(classes, Mapping):
+            LOG.warning("Snapshot inventories of %s ignored: not an object", brief(provider))
+            continue
+        found: dict[str, int] = {}
+        for resource_class, field_name in _RESOURCE_CLASSES:
+            record = classes.get(resource_class)
+            total = record.get("total") if isinstance(record, Mapping) else None
+            if type(total) is int and total >= 0:
+                found[field_name] = total
+        capacity[provider] = found
+    return capacity
+
+
+def _with_capacity(event: HypervisorObserved, capacity: Mapping[str, int]) -> HypervisorObserved:
+    """Placement capacity for what the hypervisor item did not say (microversion 2.88+)."""
+    return event._replace(
+        **{name: value for name, value in capacity.items() if getattr(event, name) is UNKNOWN}
+    )
 
 
 def _reject(report: Translation, kind: str, item: Any, exc: Exception) -> None:

@@ -1,8 +1,10 @@
 """The ``cdm-sync`` command: the operator's and the scripts' way in (FORMATS.md §5).
 
-Commands available now: ``demo`` (the bundled real Nova example, no cloud needed), ``replay``
-and ``dump``. Every failure an operator can cause (missing file, wrong format tag, bad config
-value) ends with one clear line on stderr and exit status 2, never a traceback.
+Commands: ``demo`` (the bundled real Nova example, no cloud needed), ``replay``, ``dump``,
+``serve`` (the live service), ``snapshot`` (from a live cloud), and ``status``/``resync``
+(against a running ``serve``, through its health endpoint). Every failure an operator can
+cause (missing file, wrong format tag, bad config value, Nova or the service unreachable) ends
+with one clear line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from importlib import resources
@@ -24,6 +30,7 @@ from oslo_log import log as logging
 
 from cdm_sync import conf
 from cdm_sync.model import ChangeRecord, ComputeModel
+from cdm_sync.model.changes import format_timestamp
 from cdm_sync.nova.snapshot import SnapshotError, read_snapshot
 from cdm_sync.nova.trace import TraceError
 from cdm_sync.sync.replay import bootstrap, replay
@@ -200,6 +207,150 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from cdm_sync.daemon import Daemon  # imports the adapters only when serving
+
+    daemon = Daemon(conf.CONF, args.dump_file)
+
+    def stop(signum: int, frame: Any) -> None:
+        LOG.info("Signal %d received", signum)
+        daemon.stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return daemon.run()
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from cdm_sync.nova.collector import collector_from_conf
+    from cdm_sync.nova.snapshot import write_snapshot
+    from cdm_sync.sync.ports import ListingError
+
+    bar = _Progress()
+    try:
+        listing = collector_from_conf(conf.CONF).full_listing(bar)
+    except ListingError as exc:
+        bar.done()
+        raise UsageError(f"listing Nova failed: {exc.reason}") from None
+    bar.done()
+    write_snapshot(listing.snapshot, args.out)
+    snap = listing.snapshot
+    print(
+        f"snapshot: {len(snap.services)} services, {len(snap.hypervisors)} hypervisors, "
+        f"{len(snap.servers)} servers at microversion {snap.microversion} -> {args.out}",
+        file=sys.stderr,
+    )
+    for reason in listing.incomplete:
+        print(f"cdm-sync: warning: the listing is incomplete: {reason}", file=sys.stderr)
+    return 1 if listing.incomplete else 0
+
+
+def _health_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    host = conf.CONF.health.host
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{conf.CONF.health.port}"
+
+
+def _http_json(url: str, method: str = "GET") -> tuple[int, Any]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UsageError(f"cannot reach cdm-sync serve at {url}: {reason}") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _, status = _http_json(_health_url(args) + "/status")
+    if args.json:
+        json.dump(status, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    notes = status["notifications"]
+    lag = notes.get("lag_seconds")
+    out = sys.stdout
+    out.write(
+        f"state        {status['state']}"
+        + (f" ({status['reason']})" if status.get("reason") else "")
+        + "\n"
+        f"model        {status['compute_nodes']} compute nodes, {status['instances']} instances, "
+        f"revision {status['revision']}\n"
+        f"notifications applied {notes['applied']} (changed {notes['changed']}), ignored "
+        f"{notes['ignored']}, rejected {notes['rejected']}"
+        + (f", lag {lag:.2f}s" if lag is not None else "")
+        + "\n"
+    )
+    for label, key in (("full audit", "last_full_audit"), ("cheap audit", "last_cheap_audit")):
+        report = status.get(key)
+        if report:
+            out.write(
+                f"{label:<13}{report['result']} at {format_timestamp(report['started_at'])}, "
+                f"{report['duration']}s, drift {report['drift'] or 'none'}\n"
+            )
+        else:
+            out.write(f"{label:<13}not run yet\n")
+    if status.get("drift"):
+        out.write(f"drift total  {status['drift']}\n")
+    return 0 if status["state"] == "READY" else 1
+
+
+def cmd_resync(args: argparse.Namespace) -> int:
+    base = _health_url(args)
+    code, answer = _http_json(base + "/resync", method="POST")
+    if code == 409:
+        raise UsageError("an audit is already running; try again when it has finished")
+    if code != 202:
+        raise UsageError(f"resync was refused: {answer.get('error', code)}")
+    bar = _Progress()
+    while True:
+        time.sleep(0.5)
+        _, status = _http_json(base + "/status")
+        resync = status["resync"]
+        for what, count in resync["progress"].items():
+            bar(what, count)
+        if not resync["running"]:
+            break
+    bar.done()
+    if resync["error"]:
+        raise UsageError(f"resync failed: {resync['error']}")
+    report = resync["report"] or {}
+    drift = report.get("drift") or {}
+    print(
+        f"resync {report.get('result')}: {report.get('listed_servers')} servers listed in "
+        f"{report.get('duration')}s; corrected: "
+        + (", ".join(f"{k} {v}" for k, v in drift.items()) or "nothing")
+        + (f"; {report['reason']}" if report.get("reason") else "")
+    )
+    return 0 if report.get("result") == "ok" else 1
+
+
+class _Progress:
+    """A one-line progress display on stderr (a plain line per update when not a terminal)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, what: str, count: int) -> None:
+        self.counts[what] = count
+        now = time.monotonic()
+        if not self.tty and now - self._last < 2.0:
+            return
+        self._last = now
+        text = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        sys.stderr.write(f"\r{text}" if self.tty else f"{text}\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty and self.counts:
+            sys.stderr.write("\n")
+
+
 def _of(used: int, total: int | None) -> str:
     return f"{used}/{total if total is not None else '?'}"
 
@@ -247,6 +398,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dump", help="write the model dump (cdm-sync/model/1) here")
     rep.add_argument("--changes", help="write the change records (JSON Lines) here")
     rep.set_defaults(func=cmd_replay)
+
+    serve = sub.add_parser("serve", help="the live service: bootstrap, listen, audit")
+    serve.add_argument("--dump-file", help="keep this file equal to the model dump")
+    serve.set_defaults(func=cmd_serve)
+
+    snap = sub.add_parser("snapshot", help="write a Nova snapshot from the live cloud")
+    snap.add_argument("--out", required=True, help="where to write it")
+    snap.set_defaults(func=cmd_snapshot)
+
+    for name, func, text in (
+        ("status", cmd_status, "state, counters and audits of a running cdm-sync serve"),
+        ("resync", cmd_resync, "run a full audit now in a running cdm-sync serve"),
+    ):
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--url", help="its health endpoint (default: from [health])")
+        if name == "status":
+            command.add_argument("--json", action="store_true", help="the raw status document")
+        command.set_defaults(func=func)
 
     dump = sub.add_parser("dump", help="the model dump of a Nova snapshot")
     dump.add_argument("--snapshot", required=True, help="Nova snapshot (cdm-sync/nova-snapshot/1)")

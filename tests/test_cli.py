@@ -128,3 +128,10 @@ def test_demo_shows_the_bundled_example(capsys: pytest.CaptureFixture[str]) -> N
 def test_bundled_example_is_the_shared_trace() -> None:
     for name in ("snapshot.json", "snapshot-final.json", "trace-versioned.jsonl"):
         assert example_path(name).read_bytes() == (TRACE_DIR / name).read_bytes()
+
+
+def test_dump_to_stdout_is_pure_json_and_logs_go_to_stderr() -> None:
+    proc = run_cli("dump", "--snapshot", str(TRACE_DIR / "snapshot.json"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["format"] == "cdm-sync/model/1"
+    assert "Bootstrap done" in proc.stderr  # progress is logged, on stderr

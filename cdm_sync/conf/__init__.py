@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from cdm_sync.conf import listener, nova_client, sync
+
 CONF = cfg.CONF
 
 model_opts = [
@@ -55,19 +57,38 @@ notification_opts = [
     ),
 ]
 
+health_opts = [
+    cfg.HostAddressOpt(
+        "host",
+        default="127.0.0.1",
+        help="Address of the health endpoint of cdm-sync serve (/metrics, /status, and the "
+        "admin action POST /resync: keep it on loopback or a management network).",
+    ),
+    cfg.PortOpt("port", default=9658, help="Port of the health endpoint (0: any free port)."),
+]
+
 _GROUPS: dict[str, list[cfg.Opt]] = {
     "model": model_opts,
     "notifications": notification_opts,
+    "health": health_opts,
+    nova_client.GROUP: nova_client.OPTS,
+    listener.GROUP: listener.OPTS,
+    sync.GROUP: sync.OPTS,
 }
 
 for _group, _opts in _GROUPS.items():
     CONF.register_opts(_opts, group=_group)
 logging.register_options(CONF)
+# APScheduler logs every job run at INFO: noise in an operator's log.
+logging.set_defaults(default_log_levels=[*logging.get_default_log_levels(), "apscheduler=WARN"])
+# Logs go to stderr: stdout is for what a command outputs (a dump, a status), which scripts read.
+CONF.set_default("use_stderr", True)
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
     """For oslo-config-generator (entry point ``oslo.config.opts: cdm_sync``)."""
-    return [(group, list(opts)) for group, opts in _GROUPS.items()]
+    opts = [(group, list(opts)) for group, opts in _GROUPS.items() if group != nova_client.GROUP]
+    return opts + nova_client.list_opts()
 
 
 def load(config_files: Sequence[str] = (), project: str = "cdm-sync") -> cfg.ConfigOpts:

@@ -57,7 +57,11 @@ class FormatArbiter:
         self._seen_versioned = False
 
     def saw(self, payload: Any, metadata: Any) -> None:
-        if self.window is not None and type(payload) is dict and "nova_object.name" in payload:
+        if (
+            self.window is not None
+            and isinstance(payload, Mapping)
+            and "nova_object.name" in payload
+        ):
             self._seen_versioned = True
             if isinstance(metadata, Mapping):
                 self._last_versioned_raw = metadata.get("timestamp")

@@ -156,8 +156,10 @@ class _Writer:
             # The host's service was deleted: a late report naming it must not bring it back as
             # a placeholder (no audit removes placeholders); the instance stays on no node.
             return None
+        # A host's first node gets the uuid its service's placeholder would have had, so the
+        # model does not depend on whether the service or an instance was heard of first.
         placeholder = ComputeNode(
-            uuid=placeholder_uuid(host, node),
+            uuid=placeholder_uuid(host, node if host is None or on_host else None),
             hostname=host,
             hypervisor_hostname=node,
             placeholder=True,

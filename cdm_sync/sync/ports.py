@@ -53,8 +53,9 @@ class Collector(Protocol):
 
     def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
         """Servers changed since ``since`` (POSIX seconds), deleted ones included
-        (``GET /servers/detail?changes-since=...&deleted=true``). The listing's services and
-        hypervisors may be empty. Raises ListingError."""
+        (``GET /servers/detail?changes-since=...``: Nova includes deleted servers with
+        changes-since on its own; adding ``deleted=true`` would return only deleted ones). The
+        listing's services and hypervisors may be empty. Raises ListingError."""
         ...
 
 

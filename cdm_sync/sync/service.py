@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -60,11 +61,18 @@ class Stats:
         self.by_type: Counter[tuple[str, str]] = Counter()
         self.records = 0
         self.last_rejections: list[str] = []
+        # Notification lag: how long after Nova emitted it the last notification was applied.
+        self.lag_seconds: float | None = None
+        self.last_notification_at: float | None = None
 
     def count(self, event_type: str, outcome: str, records: int = 0) -> None:
         with self._lock:
             self.by_type[(_label(event_type), outcome)] += 1
             self.records += records
+
+    def applied_notification(self, emitted_at: float, now: float) -> None:
+        self.lag_seconds = now - emitted_at
+        self.last_notification_at = now
 
     def merge(self, counts: Counter[tuple[str, str]], records: int) -> None:
         with self._lock:
@@ -135,7 +143,10 @@ class SyncService:
             outcome, records = self.model.apply_with_outcome(event)
             if records:
                 self._publish(records)
-        self.stats.count(event.cause.event_type or event.cause.source, outcome.value, len(records))
+        cause = event.cause
+        self.stats.count(cause.event_type or cause.source, outcome.value, len(records))
+        if cause.source == "notification" and event.version.timestamp is not None:
+            self.stats.applied_notification(event.version.timestamp, time.time())
         return outcome
 
     def submit_all(

@@ -1,0 +1,602 @@
+"""The sync engine: gap-free bootstrap, two-speed audits, resync, and the model's sync state.
+
+The engine is the service layer's clock and conscience. It knows nothing of Nova's HTTP API or
+of RabbitMQ: it talks to a :class:`~cdm_sync.sync.ports.Collector` (listings) and a
+:class:`~cdm_sync.sync.ports.NotificationGate` (the listener's buffer), and changes the model
+only through :meth:`SyncService.submit` like every other source.
+
+State (:class:`EngineState`)::
+
+    NOT_SYNCED --bootstrap--> SYNCING --complete listing--> READY <--good full audit-- DEGRADED
+                                  |                           |                          ^
+                                  +--listing failed--> NOT_SYNCED   +--audit failed/untrusted--+
+
+Nothing is READY before the first complete sync. DEGRADED means the model is served from
+the last good knowledge plus notifications, but an audit could not complete or its listing
+could not be trusted for deletions (a failed page, a cell down, rejected items, a listing that
+shrank by more than ``full_shrink_limit``); the next good full audit makes it READY again
+(and a good cheap audit does too when only a cheap audit had failed: its window starts at the
+last good listing, so it covers the gap).
+
+What is applied from an imperfect listing:
+
+- a listing that raised :class:`ListingError` (timeout, failed page): nothing, not even the
+  partial items (they may be a skewed sample; the next audit reads them properly);
+- a listing read to the end but marked ``incomplete`` or with rejected items: additions,
+  updates and the deletions it states explicitly (servers listed as DELETED), never deletions
+  inferred from absence;
+- a full listing that shrank by more than ``full_shrink_limit`` versus the live model: the same.
+
+Concurrency: one engine lock serialises bootstrap, audits and resync (a resync waits for a
+running audit; a scheduled cheap audit is skipped if another run is in progress). No model or
+writer lock is held across a listing: notifications keep flowing while Nova is read, and the
+apply path's version check keeps anything they taught the model from being undone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdm_sync.model import (
+    HypervisorObserved,
+    InstanceDeleted,
+    InstanceObserved,
+    Outcome,
+    ServiceObserved,
+)
+from cdm_sync.nova.snapshot import Translation, snapshot_events
+from cdm_sync.sync import replay
+from cdm_sync.sync.audit import (
+    COMPUTE_NODE,
+    DRIFT_KINDS,
+    GHOST,
+    INSTANCE,
+    MISSING,
+    STALE_FIELD,
+    AuditReport,
+    reconcile,
+)
+from cdm_sync.sync.ports import Collector, Listing, ListingError, NotificationGate, Progress
+from cdm_sync.sync.service import SyncService
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_CHEAP_INTERVAL = 60.0
+DEFAULT_FULL_INTERVAL = 3600.0
+DEFAULT_CHANGE_SKEW = 120.0
+DEFAULT_FULL_SHRINK_LIMIT = 0.1
+
+# Results of one run (bootstrap, full audit, cheap audit).
+OK = "ok"
+DEGRADED_RESULT = "degraded"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+# What degraded the model: a full audit (only a good full audit clears it) or a cheap one.
+_BY_FULL = "full"
+_BY_CHEAP = "cheap"
+
+
+class EngineState(enum.Enum):
+    NOT_SYNCED = "not_synced"
+    SYNCING = "syncing"
+    READY = "ready"
+    DEGRADED = "degraded"
+
+
+@dataclass
+class RunReport:
+    """One bootstrap, full audit (``audit`` or ``resync``) or cheap audit."""
+
+    kind: str  # "bootstrap", "full", "cheap"
+    source: str  # the cause.source of what it applied
+    started_at: float
+    duration: float = 0.0
+    result: str = OK
+    reason: str | None = None
+    # Corrections that changed the model, by (element, kind).
+    drift: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Events submitted and their outcomes.
+    outcomes: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    listed_servers: int = 0
+    rejected: int = 0
+    # Notifications the gate had buffered during a bootstrap.
+    buffered: int = 0
+    audit: AuditReport | None = None
+
+    def drift_by_kind(self) -> dict[str, int]:
+        return _by_kind(self.drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "started_at": self.started_at,
+            "duration": round(self.duration, 3),
+            "result": self.result,
+            "reason": self.reason,
+            "drift": self.drift_by_kind(),
+            "drift_by_element": _by_element(self.drift),
+            "outcomes": dict(self.outcomes),
+            "records": self.records,
+            "listed_servers": self.listed_servers,
+            "rejected": self.rejected,
+            "buffered": self.buffered,
+        }
+
+    def line(self) -> str:
+        drift = ", ".join(f"{k} {v}" for k, v in self.drift_by_kind().items())
+        text = (
+            f"{self.kind} ({self.source}) {self.result} in {self.duration:.2f}s: "
+            f"{self.listed_servers} servers listed, drift corrected: {drift}, "
+            f"change records {self.records}"
+        )
+        if self.buffered:
+            text += f", {self.buffered} buffered notifications applied"
+        if self.reason:
+            text += f"; {self.reason}"
+        return text
+
+
+def _by_kind(drift: Counter[tuple[str, str]]) -> dict[str, int]:
+    totals = dict.fromkeys(DRIFT_KINDS, 0)
+    for (_, kind), n in drift.items():
+        totals[kind] += n
+    return totals
+
+
+def _by_element(drift: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
+    return {
+        element: {kind: drift[(element, kind)] for kind in DRIFT_KINDS}
+        for element in (INSTANCE, COMPUTE_NODE)
+    }
+
+
+class SyncEngine:
+    """Bootstrap, audits, resync and the sync state of one :class:`SyncService`'s model."""
+
+    def __init__(
+        self,
+        service: SyncService,
+        collector: Collector,
+        gate: NotificationGate | None = None,
+        *,
+        full_shrink_limit: float = DEFAULT_FULL_SHRINK_LIMIT,
+        change_skew: float = DEFAULT_CHANGE_SKEW,
+        cheap_interval: float = DEFAULT_CHEAP_INTERVAL,
+        full_interval: float = DEFAULT_FULL_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0.0 <= full_shrink_limit <= 1.0:
+            raise ValueError(f"full_shrink_limit must be in [0, 1], got {full_shrink_limit!r}")
+        if change_skew < 0:
+            raise ValueError(f"change_skew must be >= 0, got {change_skew!r}")
+        self.service = service
+        self.collector = collector
+        self.gate = gate
+        self.full_shrink_limit = full_shrink_limit
+        self.change_skew = change_skew
+        self.cheap_interval = cheap_interval
+        self.full_interval = full_interval
+        self._clock = clock
+        # Serialises bootstrap, audits and resync; never held by the notification path.
+        self._lock = threading.Lock()
+        # Guards the state and the figures status() reports (held only for a few assignments).
+        self._status_lock = threading.Lock()
+        self._state = EngineState.NOT_SYNCED
+        self._state_since = clock()
+        self._reason: str | None = "no sync yet"
+        self._degraded_by: str | None = None
+        self._high_water: float | None = None
+        self._last_full: RunReport | None = None
+        self._last_cheap: RunReport | None = None
+        self._drift: Counter[tuple[str, str]] = Counter()
+        self._counters: Counter[str] = Counter()
+        self._scheduler: Any = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def high_water(self) -> float | None:
+        """Capture time of the last listing read to the end (cheap audits start from it)."""
+        return self._high_water
+
+    def status(self) -> dict[str, Any]:
+        """State, last audits, drift and counters, as plain JSON-able values."""
+        with self._status_lock:
+            return {
+                "state": self._state.value,
+                "since": self._state_since,
+                "reason": self._reason,
+                "high_water": self._high_water,
+                "last_full_audit": self._last_full.to_dict() if self._last_full else None,
+                "last_cheap_audit": self._last_cheap.to_dict() if self._last_cheap else None,
+                "drift": _by_kind(self._drift),
+                "drift_by_element": _by_element(self._drift),
+                "counters": dict(self._counters),
+                "scheduled": self._scheduler is not None,
+            }
+
+    def _set_state(self, state: EngineState, reason: str | None = None) -> None:
+        with self._status_lock:
+            previous = self._state
+            self._state = state
+            self._reason = reason
+            if state is not previous:
+                self._state_since = self._clock()
+        if state is previous:
+            return
+        if state is EngineState.DEGRADED or (state is EngineState.NOT_SYNCED and reason):
+            LOG.warning("Model state %s -> %s: %s", previous.value, state.value, reason)
+        else:
+            LOG.info("Model state %s -> %s", previous.value, state.value)
+
+    def _degrade(self, by: str, reason: str) -> None:
+        """Mark DEGRADED (once synced); a full audit's degradation outranks a cheap one's."""
+        if self._state in (EngineState.NOT_SYNCED, EngineState.SYNCING):
+            return
+        if self._degraded_by != _BY_FULL:
+            self._degraded_by = by
+        self._set_state(EngineState.DEGRADED, reason)
+
+    def _recovered(self, by: str) -> None:
+        """A good run: READY, unless a cheap audit cannot vouch for what a full one found."""
+        if by == _BY_CHEAP and self._degraded_by == _BY_FULL:
+            return
+        self._degraded_by = None
+        self._set_state(EngineState.READY)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._status_lock:
+            self._counters[name] += n
+
+    def _finish(self, report: RunReport, started: float) -> RunReport:
+        report.duration = time.monotonic() - started
+        with self._status_lock:
+            self._drift.update(report.drift)
+            self._counters["corrections"] += sum(report.drift.values())
+            if report.kind == "cheap":
+                self._last_cheap = report
+            else:
+                self._last_full = report
+        log = LOG.warning if report.result in (FAILED, DEGRADED_RESULT) else LOG.info
+        log("Sync %s", report.line())
+        return report
+
+    # -- bootstrap -----------------------------------------------------------------------------
+
+    def bootstrap(self, progress: Progress | None = None) -> RunReport:
+        """List Nova and build the model without missing a notification.
+
+        The gate buffers notifications from before the listing starts until the listing is
+        applied, then releases them through the apply path, where versions decide: a
+        notification newer than the listing wins, an older one is dropped as stale.
+        Raises :class:`ListingError` (the model stays NOT_SYNCED) if the listing fails.
+        """
+        with self._lock:
+            return self._bootstrap(progress)
+
+    def _bootstrap(self, progress: Progress | None) -> RunReport:
+        started = time.monotonic()
+        report = RunReport("bootstrap", "bootstrap", self._clock())
+        self._count("bootstraps")
+        self._set_state(EngineState.SYNCING)
+        held = False
+        try:
+            if self.gate is not None:
+                self.gate.hold()
+                held = True
+            try:
+                listing = self.collector.full_listing(progress)
+            except ListingError as exc:
+                report.result, report.reason = FAILED, f"listing failed: {exc.reason}"
+                raise
+            untrusted = self._apply_bootstrap(listing, report)
+            if held:
+                held = False
+                self._release(report)
+        except BaseException as exc:
+            if held:
+                held = False
+                self._release(report)
+            if report.reason is None:
+                report.result, report.reason = FAILED, f"bootstrap failed: {exc!r}"
+            self._count("bootstrap_failures")
+            self._set_state(EngineState.NOT_SYNCED, report.reason)
+            self._finish(report, started)
+            raise
+        self._high_water = listing.snapshot.captured_at
+        if untrusted:
+            report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
+            self._degraded_by = _BY_FULL
+            self._set_state(EngineState.DEGRADED, report.reason)
+        else:
+            self._degraded_by = None
+            self._set_state(EngineState.READY)
+        return self._finish(report, started)
+
+    def _apply_bootstrap(self, listing: Listing, report: RunReport) -> list[str]:
+        """Apply a bootstrap listing; returns the reasons it cannot be trusted (if any)."""
+        snapshot = listing.snapshot
+        report.listed_servers = snapshot.server_count
+        model = self.service.model
+        before = model.revision
+        untrusted = list(listing.incomplete)
+        if model.instance_count == 0 and model.node_count == 0:
+            translation = replay.bootstrap(self.service, snapshot)
+            report.rejected = len(translation.rejected)
+            if translation.rejected:
+                untrusted.append(f"{len(translation.rejected)} listing items could not be read")
+        else:
+            # A retry after a failed bootstrap: the notifications released then have built
+            # part of a model, so reconcile with it (deletions included when trustworthy).
+            audit = reconcile(
+                self.service,
+                snapshot,
+                "bootstrap",
+                untrusted=listing.incomplete,
+                shrink_limit=self.full_shrink_limit,
+                consume=True,
+            )
+            self._take_audit(report, audit)
+            if audit.deletes_skipped:
+                untrusted = [audit.deletes_skipped]
+        report.records = model.revision - before
+        return untrusted
+
+    def _release(self, report: RunReport) -> None:
+        assert self.gate is not None
+        report.buffered = self.gate.release()
+        LOG.info("Bootstrap: %d notifications buffered during the listing applied", report.buffered)
+
+    # -- full audit and resync -----------------------------------------------------------------
+
+    def full_audit(self, progress: Progress | None = None) -> RunReport:
+        """Relist everything, diff against the model, correct (cause ``audit``)."""
+        with self._lock:
+            return self._full("audit", progress)
+
+    def resync(self, progress: Progress | None = None) -> RunReport:
+        """A full audit now, with cause ``resync`` (or the bootstrap, if none succeeded yet).
+
+        Waits for a running audit to finish first. Returns the report (``result`` ``failed``
+        with the reason if the listing failed, rather than raising).
+        """
+        with self._lock:
+            self._count("resyncs")
+            if self._state is EngineState.NOT_SYNCED:
+                try:
+                    return self._bootstrap(progress)
+                except ListingError:
+                    assert self._last_full is not None
+                    return self._last_full
+            return self._full("resync", progress)
+
+    def _full(self, source: str, progress: Progress | None) -> RunReport:
+        started = time.monotonic()
+        report = RunReport("full", source, self._clock())
+        self._count("full_audits")
+        try:
+            listing = self.collector.full_listing(progress)
+        except ListingError as exc:
+            report.result, report.reason = FAILED, f"listing failed: {exc.reason}"
+            self._count("full_audit_failures")
+            self._degrade(_BY_FULL, f"full audit: {report.reason}")
+            return self._finish(report, started)
+        except Exception as exc:
+            report.result, report.reason = FAILED, f"listing failed: {exc!r}"
+            self._count("full_audit_failures")
+            self._degrade(_BY_FULL, f"full audit: {report.reason}")
+            self._finish(report, started)
+            raise
+        report.listed_servers = listing.snapshot.server_count
+        try:
+            audit = reconcile(
+                self.service,
+                listing.snapshot,
+                "resync" if source == "resync" else "audit",
+                untrusted=listing.incomplete,
+                shrink_limit=self.full_shrink_limit,
+                consume=True,
+            )
+        except Exception as exc:
+            report.result, report.reason = FAILED, f"audit failed: {exc!r}"
+            self._count("full_audit_failures")
+            self._degrade(_BY_FULL, f"full audit: {report.reason}")
+            self._finish(report, started)
+            raise
+        self._take_audit(report, audit)
+        self._high_water = max(self._high_water or 0.0, listing.snapshot.captured_at)
+        if audit.deletes_skipped:
+            report.result, report.reason = DEGRADED_RESULT, audit.deletes_skipped
+            self._degrade(_BY_FULL, f"full audit: {audit.deletes_skipped}")
+        else:
+            self._recovered(_BY_FULL)
+        return self._finish(report, started)
+
+    @staticmethod
+    def _take_audit(report: RunReport, audit: AuditReport) -> None:
+        report.audit = audit
+        report.drift.update(audit.drift)
+        report.outcomes.update(audit.outcomes)
+        report.records = audit.records
+        report.rejected = len(audit.rejected)
+
+    # -- cheap audit ---------------------------------------------------------------------------
+
+    def cheap_audit(self, progress: Progress | None = None) -> RunReport:
+        """Apply what Nova changed since the high water mark (less the skew), deletions
+        included; skipped until the first sync has completed."""
+        with self._lock:
+            return self._cheap(progress)
+
+    def _cheap(self, progress: Progress | None) -> RunReport:
+        started = time.monotonic()
+        report = RunReport("cheap", "audit", self._clock())
+        high_water = self._high_water
+        if self._state in (EngineState.NOT_SYNCED, EngineState.SYNCING) or high_water is None:
+            report.result, report.reason = SKIPPED, "no complete sync yet"
+            return report
+        self._count("cheap_audits")
+        since = high_water - self.change_skew
+        try:
+            listing = self.collector.changes_since(since, progress)
+        except ListingError as exc:
+            report.result, report.reason = FAILED, f"changes listing failed: {exc.reason}"
+            self._count("cheap_audit_failures")
+            self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
+            return self._finish(report, started)
+        except Exception as exc:
+            report.result, report.reason = FAILED, f"changes listing failed: {exc!r}"
+            self._count("cheap_audit_failures")
+            self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
+            self._finish(report, started)
+            raise
+        report.listed_servers = listing.snapshot.server_count
+        before = self.service.model.revision
+        translation = Translation()
+        for event in snapshot_events(listing.snapshot, "audit", translation, consume=True):
+            element, kind = self._observation_kind(event)
+            outcome = self.service.submit(event)
+            report.outcomes[outcome.value] += 1
+            if outcome is Outcome.CHANGED:
+                report.drift[(element, kind)] += 1
+        report.records = self.service.model.revision - before
+        report.rejected = len(translation.rejected)
+        self._high_water = max(high_water, listing.snapshot.captured_at)
+        untrusted = list(listing.incomplete)
+        if translation.rejected:
+            untrusted.append(f"{len(translation.rejected)} listing items could not be read")
+        if untrusted:
+            report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
+            self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
+        else:
+            self._recovered(_BY_CHEAP)
+        return self._finish(report, started)
+
+    def _observation_kind(self, event: Any) -> tuple[str, str]:
+        """What a correction would be if it changes the model (looked up before applying)."""
+        model = self.service.model
+        kind = type(event)
+        if kind is InstanceDeleted:
+            return INSTANCE, GHOST
+        if kind is InstanceObserved:
+            return INSTANCE, MISSING if model.instance(event.uuid) is None else STALE_FIELD
+        if kind is HypervisorObserved:
+            return COMPUTE_NODE, MISSING if model.node(event.uuid) is None else STALE_FIELD
+        if kind is ServiceObserved:
+            return COMPUTE_NODE, STALE_FIELD if model.nodes_by_host(event.host) else MISSING
+        return COMPUTE_NODE, GHOST
+
+    # -- schedule ------------------------------------------------------------------------------
+
+    def start_schedule(
+        self, cheap_interval: float | None = None, full_interval: float | None = None
+    ) -> None:
+        """Run the cheap and the full audit periodically in a background scheduler.
+
+        Each job runs at most once at a time and missed runs are coalesced. Until the first
+        sync completes, the cheap job retries the bootstrap instead.
+        """
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        if self._scheduler is not None:
+            raise RuntimeError("the schedule is already running")
+        cheap = self.cheap_interval if cheap_interval is None else cheap_interval
+        full = self.full_interval if full_interval is None else full_interval
+        scheduler = BackgroundScheduler(timezone=datetime.UTC)
+        for job_id, func, seconds in (
+            ("cdm-sync-cheap-audit", self._scheduled_cheap, cheap),
+            ("cdm-sync-full-audit", self._scheduled_full, full),
+        ):
+            scheduler.add_job(
+                func,
+                "interval",
+                seconds=seconds,
+                id=job_id,
+                name=job_id,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        scheduler.start()
+        self._scheduler = scheduler
+        LOG.info("Audits scheduled: cheap every %ss, full every %ss", cheap, full)
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop the schedule; with ``wait``, let a running audit finish first."""
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=wait)
+            LOG.info("Audit schedule stopped")
+
+    def _scheduled_cheap(self) -> None:
+        # A cheap audit is not worth waiting for: the next one covers the same window.
+        if not self._lock.acquire(blocking=False):
+            self._count("skipped_busy")
+            LOG.info("Cheap audit skipped: another sync run is in progress")
+            return
+        try:
+            if self._state is EngineState.NOT_SYNCED:
+                self._bootstrap(None)
+            else:
+                self._cheap(None)
+        except Exception:
+            LOG.exception("Scheduled cheap audit failed")
+        finally:
+            self._lock.release()
+
+    def _scheduled_full(self) -> None:
+        # A full audit waits (a cheap audit is short); skipping it would cost a whole interval.
+        with self._lock:
+            try:
+                if self._state is EngineState.NOT_SYNCED:
+                    self._bootstrap(None)
+                else:
+                    self._full("audit", None)
+            except Exception:
+                LOG.exception("Scheduled full audit failed")
+
+
+def engine_from_conf(
+    conf: Any,
+    service: SyncService,
+    collector: Collector,
+    gate: NotificationGate | None = None,
+) -> SyncEngine:
+    """The engine configured from ``[sync]`` (see :mod:`cdm_sync.conf.sync`)."""
+    opts = conf.sync
+    return SyncEngine(
+        service,
+        collector,
+        gate,
+        full_shrink_limit=opts.full_shrink_limit,
+        change_skew=opts.change_skew,
+        cheap_interval=opts.cheap_interval,
+        full_interval=opts.full_interval,
+    )
+
+
+__all__ = [
+    "DEFAULT_CHANGE_SKEW",
+    "DEFAULT_CHEAP_INTERVAL",
+    "DEFAULT_FULL_INTERVAL",
+    "DEFAULT_FULL_SHRINK_LIMIT",
+    "EngineState",
+    "RunReport",
+    "SyncEngine",
+    "engine_from_conf",
+]

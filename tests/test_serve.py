@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -188,11 +189,10 @@ def test_serve_bootstraps_listens_resyncs_and_stops_cleanly(
     assert status.returncode == 0, status.stdout + status.stderr
     assert "READY" in status.stdout and "3 instances" in status.stdout
 
-    metrics = subprocess.run(
-        ["curl", "-s", serve.url + "/metrics"], capture_output=True, text=True, timeout=10
-    ).stdout
+    with urllib.request.urlopen(serve.url + "/metrics", timeout=10) as response:
+        metrics = response.read().decode()
     assert 'cdm_sync_model_state{state="READY"} 1.0' in metrics
-    assert "cdm_sync_drift_total" in metrics or "cdm_sync_drift" in metrics
+    assert 'cdm_sync_drift_total{kind="missing"} 1.0' in metrics
 
     revision = serve.status()["revision"]
     assert serve.stop() == 0

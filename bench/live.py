@@ -1,0 +1,1004 @@
+"""Live benchmark rows: RabbitMQ into the model, bootstrap over HTTP, full audit.
+
+``bench/run.py`` measures the core paths in one thread on prepared input. What a deployment
+also needs to know is whether the live plumbing keeps up: the oslo.messaging listener draining
+a real RabbitMQ queue into the model (next to a no-op oslo.messaging batch listener draining the
+same queue, the best the broker and oslo.messaging allow on this box), the gap-free bootstrap
+listing a 200,000-server cloud over HTTP through python-novaclient, and the full audit diffing
+200,000 instances. This module measures those three with the product's own classes
+(:class:`~cdm_sync.messaging.listener.NotificationListener`,
+:class:`~cdm_sync.nova.collector.NovaCollector`, :class:`~cdm_sync.sync.engine.SyncEngine`)
+against real peers (the RabbitMQ on 127.0.0.1 and the test Nova of ``tests/fakenova.py``).
+
+``python -m bench.run`` runs these parts (each in a fresh process, ``--part``, internal) unless
+``--no-live`` is given; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import importlib.util
+import io
+import json
+import multiprocessing
+import pstats
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from unittest import mock
+from urllib.parse import urlsplit
+
+from bench.run import (
+    CAPTURED_US,
+    DOMAIN,
+    RESULT_PREFIX,
+    ROOT,
+    SIZES,
+    CloudSim,
+    Size,
+    _api_time,
+    _clock,
+    _elapsed,
+    _outcomes,
+    _profile_text,
+    _uuid,
+)
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
+from cdm_sync.model import ComputeModel
+from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
+from cdm_sync.nova.snapshot import Snapshot, read_snapshot
+from cdm_sync.sync.engine import RunReport, SyncEngine
+from cdm_sync.sync.ports import Listing, ListingError, Progress
+from cdm_sync.sync.replay import bootstrap
+from cdm_sync.sync.service import SyncService
+
+FAKENOVA_MODULE = ROOT / "tests" / "fakenova.py"
+
+DEFAULT_RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
+# The listener's defaults ([notifications_listener] batch_size / batch_timeout).
+BATCH_SIZE = 256
+BATCH_TIMEOUT = 0.1
+LIVE_NOTIFICATIONS = 20_000
+ROUNDS = 2  # pre-fill + drain rounds; the contenders swap order between rounds
+DRAIN_TIMEOUT_S = 300.0
+
+# Targets (see bench/README.md). The audit target is stated for 200,000 instances and scaled
+# linearly for other sizes, like the bootstrap one in bench/run.py.
+RATIO_TARGET = 0.90
+AUDIT_TARGET_S = 3.0
+AUDIT_TARGET_INSTANCES = 200_000
+# Share of the listing changed behind the model's back for the audit with drift: a third
+# missing (created, notification lost), a third ghosts (deleted), a third stale fields.
+DRIFT_SHARE = 0.005
+
+PARTS = ("rabbit", "nova", "audit")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load_module(path: Path, name: str) -> ModuleType:
+    """A test helper module loaded by path (an installed ``tests`` package cannot shadow it)."""
+    found = sys.modules.get(name)
+    if found is not None:
+        return found
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def _all_threads_profiled(profiles: list[cProfile.Profile]) -> Iterator[None]:
+    """Profile every thread started inside the block, one cProfile each (the listener's work
+    happens in oslo.messaging's poll thread and executor threads, not in the caller's)."""
+
+    def start(frame: Any, event: str, arg: Any) -> None:
+        profile = cProfile.Profile()
+        profiles.append(profile)
+        profile.enable()  # replaces this hook for the rest of the thread
+
+    threading.setprofile(start)
+    try:
+        yield
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+
+def _profiles_text(profiles: list[cProfile.Profile], top: int) -> str:
+    out = io.StringIO()
+    stats = pstats.Stats(*profiles, stream=out).strip_dirs()
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return out.getvalue()
+
+
+# -- 1. RabbitMQ -> model, next to a no-op batch listener -----------------------------------------
+
+
+def _safe_url(url: str) -> str:
+    """The broker's address without credentials, for messages."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5672}"
+
+
+def _kombu_url(url: str) -> str:
+    """oslo's ``rabbit://u:p@h:port/`` as kombu spells it (vhost ``/`` is ``//``)."""
+    return "amqp://" + url.split("://", 1)[1].rstrip("/") + "//"
+
+
+def _broker_reachable(url: str) -> str | None:
+    """None when RabbitMQ answers an AMQP handshake, else why not (no credentials in it)."""
+    import kombu
+
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), 2):
+            pass
+        with kombu.Connection(_kombu_url(url), connect_timeout=3) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:
+        return f"RabbitMQ at {_safe_url(url)} unreachable: {type(exc).__name__}"
+    return None
+
+
+class _NoOpBatchEndpoint:
+    """A batch notification endpoint that only counts: what draining costs oslo.messaging
+    itself (poll thread, decoding, acknowledging) with nothing applied."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self.expected = 0
+        self.done = threading.Event()
+
+    def expect(self, n: int) -> None:
+        with self._lock:
+            self.count = 0
+            self.expected = n
+            self.done.clear()
+
+    def _count(self, messages: list[Any]) -> None:
+        with self._lock:
+            self.count += len(messages)
+            if self.count >= self.expected:
+                self.done.set()
+
+    audit = debug = info = warn = error = critical = sample = _count
+
+
+class _EnvelopeClock:
+    """Stands in for ``timeutils`` in oslo.messaging's notifier module: the time to stamp."""
+
+    def __init__(self) -> None:
+        self.now = datetime(1970, 1, 1)
+
+    def utcnow(self, with_timezone: bool = False) -> datetime:
+        return self.now
+
+
+class _Bus:
+    """This run's corner of the broker: its exchange, topic and two pool queues."""
+
+    def __init__(self, url: str) -> None:
+        import oslo_messaging
+        from oslo_config import cfg
+
+        self.url = url
+        tag = uuid.uuid4().hex[:10]
+        self.exchange = f"cdm-bench-{tag}"
+        self.topic = f"bench-vn-{tag}"
+        self.cdm_pool = f"bench-cdm-{tag}"
+        self.noop_pool = f"bench-noop-{tag}"
+        self.conf = cfg.ConfigOpts()
+        # The Notifier sends to the transport's control_exchange: point it at this run's
+        # exchange (creating a transport once registers the option).
+        oslo_messaging.get_notification_transport(self.conf, url=url).cleanup()
+        self.conf.set_override("control_exchange", self.exchange)
+        self.transport = oslo_messaging.get_notification_transport(self.conf, url=url)
+        self.notifier = oslo_messaging.Notifier(
+            self.transport, driver="messagingv2", topics=[self.topic]
+        )
+        self._prepared: dict[str, Any] = {}
+
+    def publish(self, lines: list[dict[str, Any]]) -> None:
+        """Publish trace lines in order, as Nova's Notifier does, with their envelope times.
+
+        oslo.messaging's Notifier stamps ``timestamp`` with ``timeutils.utcnow()``; the clock
+        the Notifier module reads is replaced (in that module only) by the simulated cloud's,
+        so the stream is the one bench/run.py applies, every notification newer than the
+        snapshot the model was loaded from.
+        """
+        from oslo_messaging.notify import notifier as notifier_module
+
+        clock = _EnvelopeClock()
+        with mock.patch.object(notifier_module, "timeutils", clock):
+            for line in lines:
+                publisher_id = line["publisher_id"]
+                notifier = self._prepared.get(publisher_id)
+                if notifier is None:
+                    notifier = self.notifier.prepare(publisher_id=publisher_id)
+                    self._prepared[publisher_id] = notifier
+                clock.now = datetime.strptime(line["metadata"]["timestamp"], "%Y-%m-%d %H:%M:%S.%f")
+                notifier.info({}, line["event_type"], line["payload"])
+
+    def depth(self, queue: str) -> int:
+        import kombu
+
+        with kombu.Connection(_kombu_url(self.url), connect_timeout=3) as connection:
+            _, messages, _ = connection.default_channel.queue_declare(queue, passive=True)
+        return int(messages)
+
+    def wait_depth(self, queues: list[str], n: int, timeout: float = 60.0) -> None:
+        """Publishing is asynchronous: wait until RabbitMQ has queued all ``n`` everywhere."""
+        deadline = time.monotonic() + timeout
+        while True:
+            depths = [self.depth(q) for q in queues]
+            if all(d >= n for d in depths):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"queues {queues} hold {depths} messages, expected {n}")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        """Delete the pool queues, the queues the Notifier declared, and the exchange."""
+        import kombu
+        from oslo_messaging.notify.dispatcher import PRIORITIES
+
+        with suppress(Exception):
+            self.transport.cleanup()
+        queues = [self.cdm_pool, self.noop_pool] + [f"{self.topic}.{p}" for p in PRIORITIES]
+        with kombu.Connection(_kombu_url(self.url), connect_timeout=3) as connection:
+            for queue in queues:
+                try:
+                    connection.default_channel.queue_delete(queue)
+                except Exception:  # never declared: the channel was closed, reopen
+                    connection.close()
+                    connection.connect()
+            with suppress(Exception):
+                connection.default_channel.exchange_delete(self.exchange)
+
+
+def rabbit_part(
+    path: Path, size: Size, notifications: int, rounds: int, seed: int, url: str, profile: bool,
+    top: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Pre-fill two pool queues with the same notifications, drain one with cdm-sync's
+    listener into the model and the other with a no-op oslo batch listener; ``rounds`` times,
+    alternating which drains first."""
+    result: dict[str, Any] = {"part": "rabbit", "size": size.name, "instances": size.instances}
+    reason = _broker_reachable(url)
+    if reason is not None:
+        result["skipped"] = reason
+        return result
+    import oslo_messaging
+
+    from cdm_sync.messaging.listener import NotificationListener
+
+    snapshot = read_snapshot(path)
+    service = SyncService(ComputeModel())
+    bootstrap(service, snapshot)
+    del snapshot
+    sim = CloudSim(service.model, seed + 2)
+    endpoints = make_endpoints(service)
+    dispatcher = Dispatcher(endpoints, service)
+    # A running service has filled its window of remembered message ids (as in bench/run.py).
+    for line in sim.state_stream(DEFAULT_DEDUPE_WINDOW + 1000):
+        dispatcher.deliver(line)
+    gc.collect()
+
+    bus = _Bus(url)
+    noop = _NoOpBatchEndpoint()
+    targets = [oslo_messaging.Target(topic=bus.topic, exchange=bus.exchange)]
+
+    def noop_server() -> Any:
+        return oslo_messaging.get_batch_notification_listener(
+            bus.transport,
+            targets,
+            [noop],
+            executor="threading",
+            pool=bus.noop_pool,
+            batch_size=BATCH_SIZE,
+            batch_timeout=BATCH_TIMEOUT,
+        )
+
+    listener = NotificationListener(
+        bus.transport,
+        dispatcher,
+        topics=[bus.topic],
+        exchange=bus.exchange,
+        pool=bus.cdm_pool,
+        batch_size=BATCH_SIZE,
+        batch_timeout=BATCH_TIMEOUT,
+    )
+
+    def drain_noop(n: int) -> dict[str, float]:
+        noop.expect(n)
+        server = noop_server()
+        start = _clock()
+        server.start()
+        if not noop.done.wait(DRAIN_TIMEOUT_S):
+            raise RuntimeError(f"no-op listener drained {noop.count} of {n}")
+        took = _elapsed(start)
+        server.stop()
+        server.wait()
+        return took
+
+    def drain_cdm(n: int) -> dict[str, float]:
+        target = listener.stats.applied + n
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        start = _clock()
+        listener.start()
+        while listener.stats.applied < target:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"listener applied {listener.stats.applied} of {target}")
+            time.sleep(0.005)
+        took = _elapsed(start)
+        listener.stop()
+        return took
+
+    result.update(
+        notifications=notifications,
+        batch_size=BATCH_SIZE,
+        batch_timeout=BATCH_TIMEOUT,
+        broker=_safe_url(url),
+        rounds=[],
+    )
+    try:
+        # Declare both pool queues and their bindings (a listener's start does), so that every
+        # notification published from now on is queued once in each.
+        server = noop_server()
+        server.start()
+        server.stop()
+        server.wait()
+        listener.start()
+        listener.stop()
+        for index in range(rounds):
+            half = notifications // 2
+            lines = sim.state_stream(half) + sim.move_stream(notifications - half)
+            _log(f"[live/rabbit] round {index + 1}: publishing {len(lines):,} notifications")
+            t0 = time.perf_counter()
+            bus.publish(lines)
+            bus.wait_depth([bus.cdm_pool, bus.noop_pool], len(lines))
+            published = time.perf_counter() - t0
+            del lines
+            gc.collect()
+            before = Counter(service.stats.by_type)
+            took: dict[str, dict[str, float]] = {}
+            order = ("noop", "cdm") if index % 2 == 0 else ("cdm", "noop")
+            for name in order:
+                took[name] = (drain_cdm if name == "cdm" else drain_noop)(notifications)
+                _log(
+                    f"[live/rabbit] round {index + 1}: {name} drained in {took[name]['wall']:.2f} s"
+                )
+            result["rounds"].append(
+                {
+                    "order": list(order),
+                    "publish_s": published,
+                    "took": took,
+                    "outcomes": _outcomes(before, service.stats.by_type),
+                }
+            )
+        if profile:
+            half = notifications // 2
+            lines = sim.state_stream(half) + sim.move_stream(notifications - half)
+            bus.publish(lines)
+            bus.wait_depth([bus.cdm_pool], len(lines))
+            del lines
+            profiles: list[cProfile.Profile] = []
+            with _all_threads_profiled(profiles):
+                drain_cdm(notifications)
+            text = _profiles_text(profiles, top)
+            result["profiles"] = {"RabbitMQ drain (every listener thread)": text}
+    finally:
+        with suppress(Exception):
+            listener.stop()
+        bus.cleanup()
+    stats = listener.stats
+    result["listener"] = {
+        "received": stats.received,
+        "applied": stats.applied,
+        "batches": stats.batches,
+        "failures": stats.failures,
+        "requeued": stats.requeued,
+        "dropped": stats.dropped,
+    }
+    result["integrity_problems"] = service.model.check_integrity()[:5]
+    return result
+
+
+# -- 2. bootstrap over HTTP from the test Nova (served by another process) ----------------------
+
+_FLAVORS = (
+    ("1", "m1.tiny", 1, 512, 1, 1),
+    ("2", "m1.small", 1, 2048, 20, 4),
+    ("3", "m1.medium", 2, 4096, 40, 4),
+    ("4", "m1.large", 4, 8192, 80, 2),
+    ("5", "m1.xlarge", 8, 16384, 160, 1),
+)
+# (vm_state, power state, share); shelved-offloaded and error servers have no host.
+_STATES = (
+    ("active", 1, 0.85),
+    ("stopped", 4, 0.09),
+    ("paused", 3, 0.02),
+    ("suspended", 7, 0.01),
+    ("shelved_offloaded", 4, 0.01),
+    ("error", 0, 0.01),
+    ("soft-delete", 4, 0.005),  # hidden by the default listing; the collector lists them too
+    ("deleted", 0, 0.005),  # never listed by a full listing
+)
+_METADATA = ({}, {}, {"role": "web"}, {"role": "db", "backup": "daily"}, {"ha": "true"})
+
+
+def _populate(fake: ModuleType, size: Size, seed: int) -> Any:
+    """A FakeCloud of ``size``: flavors, hosts (service + hypervisor + Placement inventories)
+    and servers in realistic states, created a second apart."""
+    rng = random.Random(seed)
+    cloud = fake.FakeCloud(max_limit=1000)
+    for flavor_id, name, vcpus, ram, disk, _ in _FLAVORS:
+        cloud.add_flavor(flavor_id, name, vcpus, ram, disk)
+    hosts = []
+    for i in range(size.hosts):
+        host = f"compute{i:05d}"
+        cloud.add_host(
+            host,
+            node_uuid=_uuid(rng),
+            hypervisor_hostname=f"{host}.{DOMAIN}",
+            vcpus=64,
+            memory_mb=262144,
+            local_gb=4096,
+        )
+        hosts.append(host)
+    projects = [
+        uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(max(1, size.instances // 20))
+    ]
+    flavor_ids = [f[0] for f in _FLAVORS]
+    flavor_weights = [f[5] for f in _FLAVORS]
+    states = [s[:2] for s in _STATES]
+    state_weights = [s[2] for s in _STATES]
+    base = CAPTURED_US - size.instances * 1_000_000 - 86400 * 1_000_000
+    for seq in range(size.instances):
+        vm_state, power = rng.choices(states, state_weights)[0]
+        host = None if vm_state in ("shelved_offloaded", "error") else rng.choice(hosts)
+        project = rng.choice(projects)
+        created = base + seq * 1_000_000
+        updated = created + rng.randint(1, 86400) * 1_000_000
+        server = cloud.add_server(
+            _uuid(rng),
+            host=host,
+            node=f"{host}.{DOMAIN}" if host else None,
+            flavor_id=rng.choices(flavor_ids, flavor_weights)[0],
+            vm_state=vm_state,
+            power_state=power,
+            name=f"{project[:6]}-vm-{seq:06d}",
+            tenant_id=project,
+            user_id=f"user-{project[:8]}",
+            metadata=rng.choice(_METADATA),
+            created=_api_time(created),
+            updated=_api_time(updated),
+        )
+        if vm_state == "deleted":
+            # FakeCloud.delete_server looks the server up by id (linear): set what it sets.
+            server.update(deleted=True, task_state=None, terminated_at=server["updated"])
+    return cloud
+
+
+def _fake_nova_main(conn: Any, size_name: str, seed: int) -> None:
+    """The test Nova in its own process, so that its CPU time is not cdm-sync's.
+
+    Answers ``"cpu"`` with this process's CPU time so far (every thread) and ``"stop"`` by
+    stopping; sends its URLs once it is serving.
+    """
+    fake = _load_module(FAKENOVA_MODULE, "_cdm_bench_fakenova")
+    size = SIZES[size_name]
+    t0 = time.perf_counter()
+    cloud = _populate(fake, size, seed)
+    nova = fake.FakeNova(cloud).start()
+    conn.send(
+        {
+            "auth_url": nova.auth_url,
+            "built_s": time.perf_counter() - t0,
+            "servers": len(cloud.servers),
+            "listed_servers": sum(1 for s in cloud.servers if not s["deleted"]),
+            "max_microversion": cloud.max_microversion,
+        }
+    )
+    while True:
+        message = conn.recv()
+        if message == "cpu":
+            with cloud.lock:
+                requests = len(cloud.requests)
+            conn.send({"cpu": time.process_time(), "requests": requests})
+        elif message == "stop":
+            nova.stop()
+            conn.send("stopped")
+            return
+
+
+class _TimedCollector:
+    """The Collector port around the real collector: times the listing it hands the engine
+    (wall clock and this process's CPU) and when each kind of item was last reported."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.took: dict[str, float] | None = None
+        self.marks: dict[str, float] = {}
+        self._start = 0.0
+
+    def _progress(self, what: str, count: int) -> None:
+        self.marks[what] = time.perf_counter() - self._start
+
+    def full_listing(self, progress: Progress | None = None) -> Listing:
+        self.marks = {}
+        start = _clock()
+        self._start = start[0]
+        listing = self.inner.full_listing(self._progress)
+        self.took = _elapsed(start)
+        return listing
+
+    def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
+        return self.inner.changes_since(since, progress)
+
+
+def nova_part(size: Size, seed: int, profile: bool, top: int) -> dict[str, Any]:
+    """``SyncEngine.bootstrap`` (no gate) with the real NovaCollector, over HTTP, from the
+    test Nova serving ``size`` in another process."""
+    from keystoneauth1 import loading
+    from keystoneauth1 import session as ks_session
+
+    from cdm_sync.nova.collector import NovaCollector
+
+    result: dict[str, Any] = {"part": "nova", "size": size.name, "instances": size.instances}
+    result["hosts"] = size.hosts
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_fake_nova_main, args=(theirs, size.name, seed + 3), daemon=True)
+    child.start()
+    try:
+        if not ours.poll(600):
+            raise RuntimeError("the test Nova did not start")
+        info = ours.recv()
+        result["fake"] = {k: v for k, v in info.items() if k != "auth_url"}
+
+        def session() -> Any:
+            auth = loading.get_plugin_loader("password").load_from_options(
+                auth_url=info["auth_url"],
+                username="admin",
+                password="secret",  # the test Nova's fixed test user, not a real credential
+                project_name="admin",
+                user_domain_name="Default",
+                project_domain_name="Default",
+            )
+            return ks_session.Session(auth=auth, timeout=120)
+
+        def fake_cpu() -> dict[str, Any]:
+            ours.send("cpu")
+            return ours.recv()
+
+        def run() -> tuple[RunReport, _TimedCollector, SyncService, dict[str, float]]:
+            collector = _TimedCollector(NovaCollector(session(), page_size=1000))
+            service = SyncService(ComputeModel())
+            engine = SyncEngine(service, collector)
+            start = _clock()
+            report = engine.bootstrap()
+            took = _elapsed(start)
+            return report, collector, service, took
+
+        gc.collect()
+        fake_before = fake_cpu()
+        report, collector, service, took = run()
+        fake_after = fake_cpu()
+        assert collector.took is not None
+        model = service.model
+        result.update(
+            microversion=collector.inner.microversion,
+            total=took,
+            listing=collector.took,
+            load={k: took[k] - collector.took[k] for k in took},
+            fake_cpu=fake_after["cpu"] - fake_before["cpu"],
+            requests=fake_after["requests"] - fake_before["requests"],
+            marks=collector.marks,
+            state=report.result,
+            listed_servers=report.listed_servers,
+            rejected=report.rejected,
+            model_instances=model.instance_count,
+            model_nodes=model.node_count,
+            integrity_problems=model.check_integrity()[:5],
+        )
+        del report, collector, service, model
+        gc.collect()
+        if profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            run()
+            prof.disable()
+            result["profiles"] = {"bootstrap over HTTP (caller's thread)": _profile_text(prof, top)}
+    finally:
+        with suppress(Exception):
+            ours.send("stop")
+            if ours.poll(30):
+                ours.recv()
+        child.join(30)
+        if child.is_alive():
+            child.terminate()
+    return result
+
+
+# -- 3. full audit against a listing in memory -----------------------------------------------------
+
+
+class _PreparedCollector:
+    """The Collector port over listings prepared in memory: each full listing hands the next
+    one (Nova's answer time is not part of what is measured)."""
+
+    def __init__(self) -> None:
+        self.listings: list[Listing] = []
+
+    def full_listing(self, progress: Progress | None = None) -> Listing:
+        if not self.listings:
+            raise ListingError("no prepared listing left")
+        return self.listings.pop(0)
+
+    def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
+        raise ListingError("the audit benchmark prepares full listings only")
+
+
+def _drifted(items: list[dict[str, Any]], share: float, seed: int) -> tuple[list[Any], int]:
+    """A copy of a listing where Nova changed ``share`` of the servers without the model
+    hearing of it: new servers (missing), deleted ones (ghosts), changed states (stale)."""
+    rng = random.Random(seed)
+    each = max(1, int(len(items) * share / 3))
+    picked = rng.sample(range(len(items)), 3 * each)
+    ghosts = set(picked[:each])
+    stale = set(picked[each : 2 * each])
+    templates = picked[2 * each :]
+    out: list[Any] = []
+    recent = _api_time(CAPTURED_US - 5_000_000)
+    for index, item in enumerate(items):
+        if index in ghosts:
+            continue
+        if index in stale:
+            item = dict(item)
+            active = item.get("OS-EXT-STS:vm_state") == "active"
+            item["OS-EXT-STS:vm_state"] = "stopped" if active else "active"
+            item["OS-EXT-STS:power_state"] = 4 if active else 1
+            item["status"] = "SHUTOFF" if active else "ACTIVE"
+            item["updated"] = recent
+        out.append(item)
+    for index in templates:
+        item = dict(items[index])
+        item["id"] = _uuid(rng)
+        item["created"] = item["updated"] = recent
+        out.append(item)
+    return out, each
+
+
+def audit_part(path: Path, size: Size, seed: int, profile: bool, top: int) -> dict[str, Any]:
+    """``SyncEngine.full_audit`` on a bootstrapped model: once with a listing equal to the
+    model (the steady state), once with ``DRIFT_SHARE`` of it drifted."""
+    result: dict[str, Any] = {"part": "audit", "size": size.name, "instances": size.instances}
+    collector = _PreparedCollector()
+    service = SyncService(ComputeModel())
+    engine = SyncEngine(service, collector)
+    # The live model, bootstrapped by the engine from the snapshot file (as cdm-sync serve
+    # does from a listing). Its objects are frozen out of the GC's view by the bootstrap.
+    collector.listings.append(Listing(read_snapshot(path)))
+    engine.bootstrap()
+    # The listings the audits get: Nova's JSON decoded as the collector decodes it (plain
+    # dicts, nothing pre-translated), young objects under the GC as a fresh listing is.
+    gc.disable()
+    doc = json.loads(path.read_bytes())
+    gc.enable()
+    items = doc.pop("servers")
+    drifted, each = _drifted(items, DRIFT_SHARE, seed + 4)
+
+    def listing(servers: list[Any]) -> Listing:
+        return Listing(Snapshot.from_dict({**doc, "servers": list(servers)}, "bench listing"))
+
+    collector.listings += [listing(items), listing(drifted)]
+    del drifted
+    gc.collect()
+    runs = []
+    for name in ("no drift", f"drift {DRIFT_SHARE:.1%}"):
+        start = _clock()
+        report = engine.full_audit()
+        took = _elapsed(start)
+        assert report.audit is not None
+        runs.append(
+            {
+                "name": name,
+                "took": took,
+                "timings": dict(report.audit.timings),
+                "result": report.result,
+                "reason": report.reason,
+                "drift": report.drift_by_kind(),
+                "outcomes": dict(report.outcomes),
+                "records": report.records,
+                "listed": report.listed_servers,
+            }
+        )
+        _log(f"[live/audit] {size.name} {name}: {took['wall']:.2f} s, {report.line()}")
+    result.update(runs=runs, drift_each=each, state=engine.state.value)
+    result["integrity_problems"] = service.model.check_integrity()[:5]
+    if profile:
+        collector.listings.append(listing(items))
+        gc.collect()
+        prof = cProfile.Profile()
+        prof.enable()
+        engine.full_audit()
+        prof.disable()
+        result["profiles"] = {"full audit, no drift": _profile_text(prof, top)}
+    return result
+
+
+# -- parent: run the parts, make the rows -------------------------------------------------------
+
+
+def run_parts(
+    parts: list[str],
+    size: str,
+    snapshot: Path,
+    *,
+    notifications: int,
+    rounds: int,
+    seed: int,
+    url: str,
+    profile: bool,
+    top: int,
+) -> list[dict[str, Any]]:
+    """Run each part in a fresh process (memory and GC state of one never pollute another)."""
+    results = []
+    for part in parts:
+        _log(f"[{size}] live part {part!r} in a fresh process")
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.live",
+            "--part",
+            part,
+            "--size",
+            size,
+            "--snapshot",
+            str(snapshot),
+            "--notifications",
+            str(notifications),
+            "--rounds",
+            str(rounds),
+            "--seed",
+            str(seed),
+            "--rabbit-url",
+            url,
+            "--profile-top",
+            str(top),
+        ]
+        if profile:
+            cmd.append("--profile")
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=False)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+        if proc.returncode != 0 or not found:
+            _log(proc.stdout)
+            _log(f"[{size}] live part {part!r} failed with exit status {proc.returncode}")
+            results.append({"part": part, "size": size, "error": f"exit {proc.returncode}"})
+            continue
+        results.append(json.loads(found[-1][len(RESULT_PREFIX) :]))
+    return results
+
+
+def _ok(flag: bool) -> str:
+    return "yes" if flag else "NO"
+
+
+def _secs(took: dict[str, float]) -> str:
+    return f"{took['wall']:.2f} (CPU {took['cpu']:.2f})"
+
+
+def _label(result: dict[str, Any]) -> str:
+    size = SIZES[result["size"]]
+    return f"{size.name} ({size.hosts:,} hosts / {size.instances:,} inst.)"
+
+
+def _sum(rounds: list[dict[str, Any]], name: str) -> dict[str, float]:
+    return {k: sum(r["took"][name][k] for r in rounds) for k in ("wall", "cpu")}
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Table rows (metric, size, value, target, ok?) of one live part."""
+    part, label = result["part"], _label(result)
+    if "error" in result:
+        return [(f"live {part}: worker failed", label, result["error"], "-", "NO")]
+    if "skipped" in result:
+        return [(f"live {part}: skipped", label, result["skipped"], "-", "-")]
+    if part == "rabbit":
+        n = result["notifications"] * len(result["rounds"])
+        cdm, noop = _sum(result["rounds"], "cdm"), _sum(result["rounds"], "noop")
+        ratio = (n / cdm["wall"]) / (n / noop["wall"])
+        label += f", {n:,} notif."
+        return [
+            (
+                "live: RabbitMQ -> model, cdm-sync listener (notifications/s)",
+                label,
+                f"{n / cdm['wall']:,.0f} (CPU {cdm['cpu']:.2f} s)",
+                f">= {RATIO_TARGET:.0%} of no-op",
+                _ok(ratio >= RATIO_TARGET),
+            ),
+            (
+                "live: RabbitMQ, no-op oslo batch listener (notifications/s)",
+                label,
+                f"{n / noop['wall']:,.0f} (CPU {noop['cpu']:.2f} s)",
+                "-",
+                "-",
+            ),
+            (
+                "live: cdm-sync rate / no-op batch rate",
+                label,
+                f"{ratio:.1%}",
+                f">= {RATIO_TARGET:.0%}",
+                _ok(ratio >= RATIO_TARGET),
+            ),
+        ]
+    if part == "nova":
+        return [
+            (
+                "live: bootstrap via NovaCollector over HTTP, total (s)",
+                label,
+                _secs(result["total"]),
+                "-",
+                "-",
+            ),
+            (
+                "live: of which listing, wall (test Nova CPU) (s)",
+                label,
+                f"{result['listing']['wall']:.2f} (test Nova {result['fake_cpu']:.2f})",
+                "-",
+                "-",
+            ),
+            (
+                "live: of which listing, cdm-sync CPU (s)",
+                label,
+                f"{result['listing']['cpu']:.2f}",
+                "-",
+                "-",
+            ),
+            ("live: of which model load (s)", label, _secs(result["load"]), "-", "-"),
+        ]
+    target = AUDIT_TARGET_S * result["instances"] / AUDIT_TARGET_INSTANCES
+    scaled = "" if result["instances"] == AUDIT_TARGET_INSTANCES else " (scaled)"
+    out = []
+    for run in result["runs"]:
+        t = run["timings"]
+        out += [
+            (
+                f"live: full audit, {run['name']}, total excl. Nova (s)",
+                label,
+                _secs(run["took"]),
+                f"< {target:.2f}{scaled}",
+                _ok(run["took"]["wall"] < target),
+            ),
+            (
+                f"live: full audit, {run['name']}, shadow / diff / apply (s)",
+                label,
+                f"{t.get('shadow', 0):.2f} / {t.get('diff', 0):.2f} / {t.get('apply', 0):.2f}",
+                "-",
+                "-",
+            ),
+        ]
+    return out
+
+
+def details(result: dict[str, Any]) -> str:
+    """The lines under the table for one live part."""
+    part, size = result["part"], result["size"]
+    if "error" in result or "skipped" in result:
+        return f"- live {part} ({size}): {result.get('error') or result.get('skipped')}"
+    out = []
+    if part == "rabbit":
+        out.append(
+            f"- live rabbit ({size}): broker {result['broker']}, {result['notifications']:,} "
+            f"notifications per round (state changes and moves from bench/run.py's CloudSim, "
+            f"published with an oslo.messaging Notifier, messagingv2), batch size "
+            f"{result['batch_size']}, batch timeout {result['batch_timeout']} s; listener "
+            f"{result['listener']}"
+        )
+        for i, r in enumerate(result["rounds"], 1):
+            n = result["notifications"]
+            rates = ", ".join(
+                f"{name} {n / r['took'][name]['wall']:,.0f}/s ({_secs(r['took'][name])} s)"
+                for name in r["order"]
+            )
+            outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(r["outcomes"].items()))
+            unexpected = "" if r["outcomes"] == {"changed": n} else " -- UNEXPECTED"
+            out.append(
+                f"  - round {i} (published in {r['publish_s']:.1f} s, not timed): {rates}; "
+                f"model outcomes: {outcomes}{unexpected}"
+            )
+    elif part == "nova":
+        marks = ", ".join(f"{k} done at {v:.2f} s" for k, v in result["marks"].items())
+        fake = result["fake"]
+        out.append(
+            f"- live nova ({size}): test Nova at microversion {result['microversion']} "
+            f"(max {fake['max_microversion']}) in its own process, cloud built in "
+            f"{fake['built_s']:.1f} s (not timed), {fake['servers']:,} servers of which "
+            f"{fake['listed_servers']:,} listable; {result['requests']:,} HTTP requests; "
+            f"listing: {marks}; engine result {result['state']}, {result['listed_servers']:,} "
+            f"servers listed, {result['rejected']} rejected; model "
+            f"{result['model_instances']:,} instances / {result['model_nodes']:,} nodes"
+        )
+    else:
+        out.append(
+            f"- live audit ({size}): listings decoded in memory (not timed); drift run changes "
+            f"{result['drift_each']:,} servers of each kind; engine state after: "
+            f"{result['state']}"
+        )
+        for run in result["runs"]:
+            out.append(
+                f"  - {run['name']}: {run['result']}{'; ' + run['reason'] if run['reason'] else ''}"
+                f"; drift corrected {run['drift']}; outcomes {run['outcomes']}; change records "
+                f"{run['records']:,}"
+            )
+    if result.get("integrity_problems"):
+        out.append(f"  - INTEGRITY PROBLEMS: {result['integrity_problems']}")
+    return "\n".join(out)
+
+
+def failed(result: dict[str, Any]) -> bool:
+    """A worker that crashed, an integrity problem, or a drain whose outcomes were off."""
+    if "error" in result or result.get("integrity_problems"):
+        return True
+    return result["part"] == "rabbit" and any(
+        r["outcomes"] != {"changed": result["notifications"]} for r in result.get("rounds", ())
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.live",
+        description="One live benchmark part (internal: python -m bench.run runs them).",
+    )
+    parser.add_argument("--part", choices=PARTS, required=True)
+    parser.add_argument("--size", choices=list(SIZES), required=True)
+    parser.add_argument("--snapshot", type=Path, required=True)
+    parser.add_argument("--notifications", type=int, default=LIVE_NOTIFICATIONS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--rabbit-url", default=DEFAULT_RABBIT_URL)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-top", type=int, default=25)
+    args = parser.parse_args(argv)
+    size = SIZES[args.size]
+    if args.part == "rabbit":
+        result = rabbit_part(
+            args.snapshot,
+            size,
+            args.notifications,
+            args.rounds,
+            args.seed,
+            args.rabbit_url,
+            args.profile,
+            args.profile_top,
+        )
+    elif args.part == "nova":
+        result = nova_part(size, args.seed, args.profile, args.profile_top)
+    else:
+        result = audit_part(args.snapshot, size, args.seed, args.profile, args.profile_top)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -194,28 +194,33 @@ class _EnvelopeClock:
 
 
 class _Bus:
-    """This run's corner of the broker: its exchange, topic and two pool queues."""
+    """This run's corner of the broker: its exchange, its topic and the pool queues."""
 
     def __init__(self, url: str) -> None:
         import oslo_messaging
         from oslo_config import cfg
 
         self.url = url
-        tag = uuid.uuid4().hex[:10]
-        self.exchange = f"cdm-bench-{tag}"
-        self.topic = f"bench-vn-{tag}"
-        self.cdm_pool = f"bench-cdm-{tag}"
-        self.noop_pool = f"bench-noop-{tag}"
+        self.tag = uuid.uuid4().hex[:10]
+        self.exchange = f"cdm-bench-{self.tag}"
+        self.topic = f"bench-vn-{self.tag}"
+        self.pools: list[str] = []
         self.conf = cfg.ConfigOpts()
         # The Notifier sends to the transport's control_exchange: point it at this run's
         # exchange (creating a transport once registers the option).
         oslo_messaging.get_notification_transport(self.conf, url=url).cleanup()
         self.conf.set_override("control_exchange", self.exchange)
         self.transport = oslo_messaging.get_notification_transport(self.conf, url=url)
+        self.targets = [oslo_messaging.Target(topic=self.topic, exchange=self.exchange)]
         self.notifier = oslo_messaging.Notifier(
             self.transport, driver="messagingv2", topics=[self.topic]
         )
         self._prepared: dict[str, Any] = {}
+
+    def pool(self, name: str) -> str:
+        pool = f"bench-{name}-{self.tag}"
+        self.pools.append(pool)
+        return pool
 
     def publish(self, lines: list[dict[str, Any]]) -> None:
         """Publish trace lines in order, as Nova's Notifier does, with their envelope times.
@@ -263,7 +268,7 @@ class _Bus:
 
         with suppress(Exception):
             self.transport.cleanup()
-        queues = [self.cdm_pool, self.noop_pool] + [f"{self.topic}.{p}" for p in PRIORITIES]
+        queues = self.pools + [f"{self.topic}.{p}" for p in PRIORITIES]
         with kombu.Connection(_kombu_url(self.url), connect_timeout=3) as connection:
             for queue in queues:
                 try:
@@ -275,77 +280,75 @@ class _Bus:
                 connection.default_channel.exchange_delete(self.exchange)
 
 
-def rabbit_part(
-    path: Path, size: Size, notifications: int, rounds: int, seed: int, url: str, profile: bool,
-    top: int,
-) -> dict[str, Any]:  # fmt: skip
-    """Pre-fill two pool queues with the same notifications, drain one with cdm-sync's
-    listener into the model and the other with a no-op oslo batch listener; ``rounds`` times,
-    alternating which drains first."""
-    result: dict[str, Any] = {"part": "rabbit", "size": size.name, "instances": size.instances}
-    reason = _broker_reachable(url)
-    if reason is not None:
-        result["skipped"] = reason
-        return result
-    import oslo_messaging
+class _Contender:
+    """One drain of one pre-filled pool queue: cdm-sync's listener applying to its own model,
+    or oslo.messaging's stock batch listener with the no-op endpoint."""
 
-    from cdm_sync.messaging.listener import NotificationListener
+    def __init__(self, bus: _Bus, kind: str, index: int, service: SyncService | None) -> None:
+        self.kind = kind
+        self.index = index
+        self.bus = bus
+        self.pool = bus.pool(f"{kind}{index}")
+        self.service = service
+        self.noop = _NoOpBatchEndpoint()
+        self.listener: Any = None
+        if service is not None:
+            from cdm_sync.messaging.listener import NotificationListener
 
-    snapshot = read_snapshot(path)
-    service = SyncService(ComputeModel())
-    bootstrap(service, snapshot)
-    del snapshot
-    sim = CloudSim(service.model, seed + 2)
-    endpoints = make_endpoints(service)
-    dispatcher = Dispatcher(endpoints, service)
-    # A running service has filled its window of remembered message ids (as in bench/run.py).
-    for line in sim.state_stream(DEFAULT_DEDUPE_WINDOW + 1000):
-        dispatcher.deliver(line)
-    gc.collect()
+            self.listener = NotificationListener(
+                bus.transport,
+                Dispatcher(make_endpoints(service), service),
+                topics=[bus.topic],
+                exchange=bus.exchange,
+                pool=self.pool,
+                batch_size=BATCH_SIZE,
+                batch_timeout=BATCH_TIMEOUT,
+            )
 
-    bus = _Bus(url)
-    noop = _NoOpBatchEndpoint()
-    targets = [oslo_messaging.Target(topic=bus.topic, exchange=bus.exchange)]
+    def _noop_server(self) -> Any:
+        import oslo_messaging
 
-    def noop_server() -> Any:
         return oslo_messaging.get_batch_notification_listener(
-            bus.transport,
-            targets,
-            [noop],
+            self.bus.transport,
+            self.bus.targets,
+            [self.noop],
             executor="threading",
-            pool=bus.noop_pool,
+            pool=self.pool,
             batch_size=BATCH_SIZE,
             batch_timeout=BATCH_TIMEOUT,
         )
 
-    listener = NotificationListener(
-        bus.transport,
-        dispatcher,
-        topics=[bus.topic],
-        exchange=bus.exchange,
-        pool=bus.cdm_pool,
-        batch_size=BATCH_SIZE,
-        batch_timeout=BATCH_TIMEOUT,
-    )
+    def declare(self) -> None:
+        """Declare the pool queue and its bindings (a listener's start does): from now on
+        every notification published is queued there too."""
+        if self.listener is not None:
+            self.listener.start()
+            self.listener.stop()
+        else:
+            server = self._noop_server()
+            server.start()
+            server.stop()
+            server.wait()
 
-    def drain_noop(n: int) -> dict[str, float]:
-        noop.expect(n)
-        server = noop_server()
-        start = _clock()
-        server.start()
-        if not noop.done.wait(DRAIN_TIMEOUT_S):
-            raise RuntimeError(f"no-op listener drained {noop.count} of {n}")
-        took = _elapsed(start)
-        server.stop()
-        server.wait()
-        return took
-
-    def drain_cdm(n: int) -> dict[str, float]:
-        target = listener.stats.applied + n
+    def drain(self, n: int) -> dict[str, float]:
+        """Start consuming and time until all ``n`` queued notifications were handled."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        if self.listener is None:
+            self.noop.expect(n)
+            server = self._noop_server()
+            start = _clock()
+            server.start()
+            if not self.noop.done.wait(DRAIN_TIMEOUT_S):
+                raise RuntimeError(f"no-op listener drained {self.noop.count} of {n}")
+            took = _elapsed(start)
+            server.stop()
+            server.wait()
+            return took
+        listener = self.listener
+        target = listener.stats.applied + n
         start = _clock()
         listener.start()
-        while listener.stats.applied < target:
+        while listener.stats.applied < target:  # the model has applied them all
             if time.monotonic() > deadline:
                 raise RuntimeError(f"listener applied {listener.stats.applied} of {target}")
             time.sleep(0.005)
@@ -353,73 +356,102 @@ def rabbit_part(
         listener.stop()
         return took
 
-    result.update(
-        notifications=notifications,
-        batch_size=BATCH_SIZE,
-        batch_timeout=BATCH_TIMEOUT,
-        broker=_safe_url(url),
-        rounds=[],
-    )
+    def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
+
+
+def _warm_service(path: Path, warm_up: list[dict[str, Any]]) -> SyncService:
+    """A model bootstrapped from the snapshot that has applied ``warm_up`` (in process): a
+    running service has filled its window of remembered message ids (as in bench/run.py)."""
+    snapshot = read_snapshot(path)
+    service = SyncService(ComputeModel())
+    bootstrap(service, snapshot)
+    del snapshot
+    dispatcher = Dispatcher(make_endpoints(service), service)
+    for line in warm_up:
+        dispatcher.deliver(line)
+    return service
+
+
+def rabbit_part(
+    path: Path, size: Size, notifications: int, rounds: int, seed: int, url: str, profile: bool,
+    top: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Publish ``notifications`` once into ``2 * rounds`` pool queues (a pool gets a copy of
+    every message), then drain them one at a time: half with cdm-sync's listener, each into
+    its own identical model, half with a no-op oslo batch listener, alternating (ABBA...)."""
+    result: dict[str, Any] = {"part": "rabbit", "size": size.name, "instances": size.instances}
+    reason = _broker_reachable(url)
+    if reason is not None:
+        result["skipped"] = reason
+        return result
+
+    # Identical models: bootstrapped from the same snapshot, warmed up with the same stream.
+    first = SyncService(ComputeModel())
+    bootstrap(first, read_snapshot(path))
+    sim = CloudSim(first.model, seed + 2)
+    warm_up = sim.state_stream(DEFAULT_DEDUPE_WINDOW + 1000)
+    del first
+    cdm_runs = rounds + (1 if profile else 0)
+    services = [_warm_service(path, warm_up) for _ in range(cdm_runs)]
+    del warm_up
+    half = notifications // 2
+    lines = sim.state_stream(half) + sim.move_stream(notifications - half)
+    gc.collect()
+
+    bus = _Bus(url)
+    contenders: list[_Contender] = []
+    order: list[_Contender] = []
     try:
-        # Declare both pool queues and their bindings (a listener's start does), so that every
-        # notification published from now on is queued once in each.
-        server = noop_server()
-        server.start()
-        server.stop()
-        server.wait()
-        listener.start()
-        listener.stop()
-        for index in range(rounds):
-            half = notifications // 2
-            lines = sim.state_stream(half) + sim.move_stream(notifications - half)
-            _log(f"[live/rabbit] round {index + 1}: publishing {len(lines):,} notifications")
-            t0 = time.perf_counter()
-            bus.publish(lines)
-            bus.wait_depth([bus.cdm_pool, bus.noop_pool], len(lines))
-            published = time.perf_counter() - t0
-            del lines
-            gc.collect()
-            before = Counter(service.stats.by_type)
-            took: dict[str, dict[str, float]] = {}
-            order = ("noop", "cdm") if index % 2 == 0 else ("cdm", "noop")
-            for name in order:
-                took[name] = (drain_cdm if name == "cdm" else drain_noop)(notifications)
-                _log(
-                    f"[live/rabbit] round {index + 1}: {name} drained in {took[name]['wall']:.2f} s"
-                )
-            result["rounds"].append(
-                {
-                    "order": list(order),
-                    "publish_s": published,
-                    "took": took,
-                    "outcomes": _outcomes(before, service.stats.by_type),
+        cdm = [_Contender(bus, "cdm", i, s) for i, s in enumerate(services, 1)]
+        noop = [_Contender(bus, "noop", i, None) for i in range(1, rounds + 1)]
+        contenders = cdm + noop
+        for contender in contenders:
+            contender.declare()
+        _log(f"[live/rabbit] publishing {len(lines):,} notifications into {len(contenders)} pools")
+        t0 = time.perf_counter()
+        bus.publish(lines)
+        bus.wait_depth([c.pool for c in contenders], len(lines))
+        published = time.perf_counter() - t0
+        del lines
+        gc.collect()
+        for i in range(rounds):
+            pair = (noop[i], cdm[i]) if i % 2 == 0 else (cdm[i], noop[i])
+            order.extend(pair)
+        drains = []
+        for contender in order:
+            before = Counter(contender.service.stats.by_type) if contender.service else None
+            took = contender.drain(notifications)
+            drain: dict[str, Any] = {"kind": contender.kind, "took": took}
+            if contender.service is not None:
+                drain["outcomes"] = _outcomes(before or Counter(), contender.service.stats.by_type)
+                drain["listener"] = {
+                    k: getattr(contender.listener.stats, k)
+                    for k in ("received", "applied", "batches", "failures", "requeued", "dropped")
                 }
-            )
+                drain["integrity_problems"] = contender.service.model.check_integrity()[:5]
+            drains.append(drain)
+            _log(f"[live/rabbit] {contender.pool}: drained in {took['wall']:.2f} s")
+        result.update(
+            notifications=notifications,
+            batch_size=BATCH_SIZE,
+            batch_timeout=BATCH_TIMEOUT,
+            broker=_safe_url(url),
+            publish_s=published,
+            drains=drains,
+        )
         if profile:
-            half = notifications // 2
-            lines = sim.state_stream(half) + sim.move_stream(notifications - half)
-            bus.publish(lines)
-            bus.wait_depth([bus.cdm_pool], len(lines))
-            del lines
             profiles: list[cProfile.Profile] = []
             with _all_threads_profiled(profiles):
-                drain_cdm(notifications)
+                cdm[-1].drain(notifications)
             text = _profiles_text(profiles, top)
             result["profiles"] = {"RabbitMQ drain (every listener thread)": text}
     finally:
-        with suppress(Exception):
-            listener.stop()
+        for contender in contenders:
+            with suppress(Exception):
+                contender.stop()
         bus.cleanup()
-    stats = listener.stats
-    result["listener"] = {
-        "received": stats.received,
-        "applied": stats.applied,
-        "batches": stats.batches,
-        "failures": stats.failures,
-        "requeued": stats.requeued,
-        "dropped": stats.dropped,
-    }
-    result["integrity_problems"] = service.model.check_integrity()[:5]
     return result
 
 
@@ -813,8 +845,10 @@ def _label(result: dict[str, Any]) -> str:
     return f"{size.name} ({size.hosts:,} hosts / {size.instances:,} inst.)"
 
 
-def _sum(rounds: list[dict[str, Any]], name: str) -> dict[str, float]:
-    return {k: sum(r["took"][name][k] for r in rounds) for k in ("wall", "cpu")}
+def _sum(drains: list[dict[str, Any]], kind: str) -> tuple[int, dict[str, float]]:
+    """How many drains of ``kind`` and their summed wall and CPU times."""
+    mine = [d["took"] for d in drains if d["kind"] == kind]
+    return len(mine), {k: sum(t[k] for t in mine) for k in ("wall", "cpu")}
 
 
 def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
@@ -825,29 +859,31 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if "skipped" in result:
         return [(f"live {part}: skipped", label, result["skipped"], "-", "-")]
     if part == "rabbit":
-        n = result["notifications"] * len(result["rounds"])
-        cdm, noop = _sum(result["rounds"], "cdm"), _sum(result["rounds"], "noop")
-        ratio = (n / cdm["wall"]) / (n / noop["wall"])
-        label += f", {n:,} notif."
+        n = result["notifications"]
+        runs, cdm = _sum(result["drains"], "cdm")
+        noop_runs, noop = _sum(result["drains"], "noop")
+        cdm_rate, noop_rate = n * runs / cdm["wall"], n * noop_runs / noop["wall"]
+        ratio = cdm_rate / noop_rate
+        label += f", {n:,} notif. x {runs}"
         return [
             (
                 "live: RabbitMQ -> model, cdm-sync listener (notifications/s)",
                 label,
-                f"{n / cdm['wall']:,.0f} (CPU {cdm['cpu']:.2f} s)",
+                f"{cdm_rate:,.0f} (CPU {n * runs / cdm['cpu']:,.0f})",
                 f">= {RATIO_TARGET:.0%} of no-op",
                 _ok(ratio >= RATIO_TARGET),
             ),
             (
                 "live: RabbitMQ, no-op oslo batch listener (notifications/s)",
                 label,
-                f"{n / noop['wall']:,.0f} (CPU {noop['cpu']:.2f} s)",
+                f"{noop_rate:,.0f} (CPU {n * noop_runs / noop['cpu']:,.0f})",
                 "-",
                 "-",
             ),
             (
                 "live: cdm-sync rate / no-op batch rate",
                 label,
-                f"{ratio:.1%}",
+                f"{ratio:.1%} (CPU {noop['cpu'] / noop_runs / (cdm['cpu'] / runs):.1%})",
                 f">= {RATIO_TARGET:.0%}",
                 _ok(ratio >= RATIO_TARGET),
             ),
@@ -908,25 +944,24 @@ def details(result: dict[str, Any]) -> str:
         return f"- live {part} ({size}): {result.get('error') or result.get('skipped')}"
     out = []
     if part == "rabbit":
+        n = result["notifications"]
         out.append(
-            f"- live rabbit ({size}): broker {result['broker']}, {result['notifications']:,} "
-            f"notifications per round (state changes and moves from bench/run.py's CloudSim, "
-            f"published with an oslo.messaging Notifier, messagingv2), batch size "
-            f"{result['batch_size']}, batch timeout {result['batch_timeout']} s; listener "
-            f"{result['listener']}"
+            f"- live rabbit ({size}): broker {result['broker']}; {n:,} notifications (state "
+            f"changes and moves from bench/run.py's CloudSim) published once with an "
+            f"oslo.messaging Notifier (messagingv2) in {result['publish_s']:.1f} s (not timed) "
+            f"into {len(result['drains'])} pool queues, then drained one queue at a time in "
+            f"this order; batch size {result['batch_size']}, batch timeout "
+            f"{result['batch_timeout']} s"
         )
-        for i, r in enumerate(result["rounds"], 1):
-            n = result["notifications"]
-            rates = ", ".join(
-                f"{name} {n / r['took'][name]['wall']:,.0f}/s ({_secs(r['took'][name])} s)"
-                for name in r["order"]
-            )
-            outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(r["outcomes"].items()))
-            unexpected = "" if r["outcomes"] == {"changed": n} else " -- UNEXPECTED"
-            out.append(
-                f"  - round {i} (published in {r['publish_s']:.1f} s, not timed): {rates}; "
-                f"model outcomes: {outcomes}{unexpected}"
-            )
+        for d in result["drains"]:
+            line = f"  - {d['kind']}: {n / d['took']['wall']:,.0f}/s ({_secs(d['took'])} s)"
+            if "outcomes" in d:
+                outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(d["outcomes"].items()))
+                unexpected = "" if d["outcomes"] == {"changed": n} else " -- UNEXPECTED"
+                line += f"; model outcomes: {outcomes}{unexpected}; listener {d['listener']}"
+                if d["integrity_problems"]:
+                    line += f"; INTEGRITY PROBLEMS: {d['integrity_problems']}"
+            out.append(line)
     elif part == "nova":
         marks = ", ".join(f"{k} done at {v:.2f} s" for k, v in result["marks"].items())
         fake = result["fake"]
@@ -960,8 +995,10 @@ def failed(result: dict[str, Any]) -> bool:
     """A worker that crashed, an integrity problem, or a drain whose outcomes were off."""
     if "error" in result or result.get("integrity_problems"):
         return True
-    return result["part"] == "rabbit" and any(
-        r["outcomes"] != {"changed": result["notifications"]} for r in result.get("rounds", ())
+    drains = [d for d in result.get("drains", ()) if "outcomes" in d]
+    return any(
+        d["integrity_problems"] or d["outcomes"] != {"changed": result["notifications"]}
+        for d in drains
     )
 
 

@@ -13,11 +13,13 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def gc_paused(*, freeze: bool = True) -> Iterator[None]:
     """Pause the cyclic collector for the block (reference counting still frees memory).
 
-    On leaving, long-lived objects created in the block are moved out of the collector's view
-    (``gc.freeze``), so later collections do not rescan the whole model either.
+    With ``freeze``, objects created in the block are moved out of the collector's view on
+    leaving (``gc.freeze``), so later collections do not rescan a long-lived model either; a
+    block whose objects are thrown away soon (an audit's shadow model) passes ``freeze=False``
+    so they stay collectable.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -25,5 +27,6 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
-            gc.freeze()
+            if freeze:
+                gc.freeze()
             gc.enable()

@@ -20,6 +20,7 @@ from cdm_sync.messaging.endpoints import deliver, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, Snapshot, snapshot_events
 from cdm_sync.sync.service import SyncService
+from tests.fakenova import STATUS_OF_VM_STATE
 from tests.samples import TRACE_DIR
 
 
@@ -72,23 +73,6 @@ class Harness:
         return Counter(
             {o: n for (et, o), n in self.service.stats.by_type.items() if et == event_type}
         )
-
-
-# Server status as the API derives it from vm_state (nova/api/openstack/common.py, simplified).
-_STATUS = {
-    "active": "ACTIVE",
-    "building": "BUILD",
-    "stopped": "SHUTOFF",
-    "paused": "PAUSED",
-    "suspended": "SUSPENDED",
-    "rescued": "RESCUE",
-    "resized": "VERIFY_RESIZE",
-    "soft-delete": "SOFT_DELETED",
-    "deleted": "DELETED",
-    "shelved": "SHELVED",
-    "shelved_offloaded": "SHELVED_OFFLOADED",
-    "error": "ERROR",
-}
 
 
 class NovaListing:
@@ -240,7 +224,7 @@ class NovaListing:
         server: dict[str, Any] = {
             "id": uuid,
             "name": name,
-            "status": _STATUS.get(vm_state, "UNKNOWN"),
+            "status": STATUS_OF_VM_STATE.get(vm_state, "UNKNOWN"),
             "tenant_id": tenant_id,
             "user_id": user_id,
             "metadata": dict(metadata or {}),

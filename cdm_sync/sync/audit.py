@@ -28,12 +28,10 @@ newer notification is not drift).
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +51,7 @@ from cdm_sync.model import (
 )
 from cdm_sync.model.events import Source
 from cdm_sync.nova.snapshot import Snapshot, Translation, snapshot_events
+from cdm_sync.runtime import gc_paused
 from cdm_sync.sync.service import SyncService
 
 LOG = logging.getLogger(__name__)
@@ -124,20 +123,6 @@ class Shadow:
     rejected: list[str]
 
 
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building a shadow (hundreds of thousands of acyclic objects),
-    without ``gc.freeze`` (unlike :func:`cdm_sync.runtime.gc_paused`): the shadow is thrown
-    away after the audit and must stay collectable."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool = False) -> Shadow:
     """Apply a listing to a fresh model nobody reads; keep each element's latest event.
 
@@ -151,7 +136,7 @@ def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool 
     hypervisors: dict[str, HypervisorObserved] = {}
     services: dict[str, ServiceObserved] = {}
     apply = shadow.apply_with_outcome
-    with _collector_paused():
+    with gc_paused(freeze=False):
         for event in snapshot_events(snapshot, source, translation, consume=consume):
             apply(event)
             kind = type(event)

@@ -9,6 +9,8 @@ optimisation shows up as a number against a target.
 Run ``python -m bench.run`` from the repository root (``--help`` for options). Each model size is
 measured in a fresh subprocess so that memory figures of one size do not pollute another; the
 parent generates the snapshot file first (not timed), then collects and prints the results.
+Unless ``--no-live`` (or ``--quick``) is given, the live rows of ``bench/live.py`` (RabbitMQ into
+the model, bootstrap over HTTP, full audit) are measured too, also in fresh subprocesses.
 """
 
 from __future__ import annotations
@@ -819,6 +821,29 @@ def main(argv: list[str] | None = None) -> int:
         help="also print cProfile top functions for the apply and bootstrap paths",
     )
     parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument(
+        "--live",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the live rows (bench/live.py: RabbitMQ -> model, bootstrap over HTTP "
+        "from the test Nova, full audit); default: on, off with --quick",
+    )
+    parser.add_argument(
+        "--live-notifications",
+        type=int,
+        help="notifications per RabbitMQ drain (default 20,000; 2,000 at the quick size)",
+    )
+    parser.add_argument(
+        "--live-rounds",
+        type=int,
+        default=3,
+        help="RabbitMQ drains per contender (cdm-sync listener, no-op listener; default 3)",
+    )
+    parser.add_argument(
+        "--rabbit-url",
+        default="rabbit://guest:guest@127.0.0.1:5672/",
+        help="the broker for the RabbitMQ row (oslo.messaging transport URL)",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -841,6 +866,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown size(s) {unknown}; choose among {list(SIZES)}")
 
+    live = (not args.quick) if args.live is None else args.live
+    # The RabbitMQ row needs one model size only: small when it is measured.
+    rabbit_size = "small" if "small" in names else names[0]
+    live_results: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     files: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
@@ -885,14 +914,36 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"[{name}] worker failed with exit status {proc.returncode}")
                 return 1
             results.append(json.loads(found[-1][len(RESULT_PREFIX) :]))
+            if live:
+                from bench import live as live_bench  # imports this module: import it late
+
+                parts = ["audit", "nova"] + (["rabbit"] if name == rabbit_size else [])
+                live_results += live_bench.run_parts(
+                    parts,
+                    name,
+                    path,
+                    notifications=args.live_notifications
+                    or (2_000 if name == "quick" else live_bench.LIVE_NOTIFICATIONS),
+                    rounds=args.live_rounds,
+                    seed=args.seed,
+                    url=args.rabbit_url,
+                    profile=args.profile,
+                    top=args.profile_top,
+                )
             path.unlink()
 
     rows = [row for r in results for row in _rows(r)]
-    table = _table(rows)
     details = _details(results, files)
+    if live_results:
+        from bench import live as live_bench
+
+        rows += [row for r in live_results for row in live_bench.rows(r)]
+        details += "\n" + "\n".join(live_bench.details(r) for r in live_results)
+    table = _table(rows)
     env = (
         f"Python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs; "
-        f"single thread; whole run {time.perf_counter() - started:.0f} s; 1-minute load average "
+        f"single thread{' (live rows: every thread of the measuring process)' if live else ''}; "
+        f"whole run {time.perf_counter() - started:.0f} s; 1-minute load average "
         f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after (other work on the box "
         "stretches wall-clock figures; CPU figures are this process's own time)"
     )
@@ -904,6 +955,9 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         for path_name, text in r.get("profiles", {}).items():
             profiles += f"\n### cProfile, {path_name} path, size {r['size']}\n\n```\n{text}```\n"
+    for r in live_results:
+        for path_name, text in r.get("profiles", {}).items():
+            profiles += f"\n### cProfile, live: {path_name}, size {r['size']}\n\n```\n{text}```\n"
     if profiles:
         print(profiles)
     if args.markdown is not None:
@@ -912,6 +966,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         _log(f"Markdown written to {args.markdown}")
     failed = [r for r in results if r["integrity_problems"]]
+    if live_results:
+        from bench import live as live_bench
+
+        failed += [r for r in live_results if live_bench.failed(r)]
     return 1 if failed else 0
 
 

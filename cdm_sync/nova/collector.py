@@ -58,6 +58,7 @@ from cdm_sync.nova.auth import (
 )
 from cdm_sync.nova.payloads import COMPUTE_BINARY
 from cdm_sync.nova.snapshot import Snapshot
+from cdm_sync.runtime import gc_paused
 from cdm_sync.sync.ports import Listing, ListingError, Progress
 
 LOG = logging.getLogger(__name__)
@@ -175,7 +176,9 @@ class NovaCollector:
 
     def full_listing(self, progress: Progress | None = None) -> Listing:
         read = _Read(captured_at=self._clock())
-        with self._failures(read):
+        # Pages of decoded servers pile up (acyclic data): without the pause, the cyclic GC
+        # rescans them after every page, about a third of a 200,000-server listing's time.
+        with gc_paused(freeze=False), self._failures(read):
             nova = self._connect()
             read.microversion = self._negotiate(nova).get_string()
             self._list_services(nova, read, progress)

@@ -25,13 +25,16 @@ from cdm_sync.nova.snapshot import read_snapshot
 from cdm_sync.sync.engine import EngineState, SyncEngine, engine_from_conf
 from cdm_sync.sync.ports import Listing, ListingError, Progress
 from tests.conftest import Harness, NovaListing
-from tests.samples import TRACE_DIR
+from tests.samples import TRACE_DIR, load_sample
+from tests.services import wait_for
 from tests.test_audit import (
     CAPTURED_1,
     CAPTURED_2,
+    HOSTS,
     UPDATED_1,
     dump,
     make_cloud,
+    node_uuid,
     notification,
     server,
     server_uuid,
@@ -76,6 +79,16 @@ class ScriptedCollector:
         self.max_active = 0
         self.cond = threading.Condition()
         self.pause = 0.0
+
+    def nodes_listing(self, progress: Progress | None = None) -> Listing:
+        """What the last scripted full listing says of services and hypervisors."""
+        with self.cond:
+            self.calls["nodes"] += 1
+            self.cond.notify_all()
+        listing = self.full[-1]()
+        listing.snapshot.servers = []
+        listing.snapshot.server_events = None
+        return listing
 
     def _run(self, kind: str, script: list[Answer]) -> Listing:
         with self.cond:
@@ -539,3 +552,48 @@ def test_engine_from_conf(harness: Harness) -> None:
 def test_bad_settings_are_refused(harness: Harness) -> None:
     with pytest.raises(ValueError, match="full_shrink_limit"):
         engine_for(harness, ScriptedCollector(), full_shrink_limit=1.5)
+
+
+# -- nodes first heard of in notifications -------------------------------------------------------
+
+
+def test_a_compute_added_while_running_gets_its_real_node_without_waiting_for_an_audit(
+    harness: Harness, gate: BufferGate
+) -> None:
+    """service.create of a new host makes a placeholder; the engine reads the hypervisors
+    (services and hypervisors only) and the placeholder becomes Nova's real node."""
+    first = make_cloud(hosts=HOSTS)
+    collector = ScriptedCollector([answer(first)])
+    engine = engine_for(harness, collector, gate, node_refresh_delay=0.01)
+    engine.bootstrap()
+    engine.start_schedule(cheap_interval=3600, full_interval=3600)
+    try:
+        # Nova now has the new host; the engine's later listings say so.
+        grown = make_cloud(hosts=(*HOSTS, "compute9"))
+        collector.full.append(answer(grown))
+        created = load_sample("service-create")
+        created["payload"]["nova_object.data"]["host"] = "compute9"
+        records = harness.deliver(
+            {
+                "priority": "info",
+                "publisher_id": "nova-compute:compute9",
+                "event_type": "service.create",
+                "payload": created["payload"],
+                "metadata": {"message_id": "svc-9", "timestamp": "2026-11-22 10:30:00.000000"},
+                "ctxt": {},
+            }
+        )
+        assert [r.element.placeholder for r in records] == [True]
+        wait_for(
+            lambda: (
+                (node := harness.model.node(node_uuid("compute9"))) is not None
+                and not node.placeholder
+            ),
+            10,
+            "the real node of compute9",
+        )
+        assert not any(n.placeholder for n in harness.model.nodes())
+        assert collector.calls["nodes"] >= 1 and collector.calls["full"] == 1
+        assert harness.model.check_integrity() == []
+    finally:
+        engine.stop()

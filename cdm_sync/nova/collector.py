@@ -203,6 +203,17 @@ class NovaCollector:
         )
         return listing
 
+    def nodes_listing(self, progress: Progress | None = None) -> Listing:
+        read = _Read(captured_at=self._clock())
+        with self._failures(read):
+            nova = self._connect()
+            read.microversion = self._negotiate(nova).get_string()
+            self._list_services(nova, read, progress)
+            self._list_hypervisors(nova, read, progress)
+            if self._version >= NO_HYPERVISOR_CAPACITY:
+                self._read_inventories(read, progress)
+        return Listing(read.snapshot(), read.incomplete())
+
     def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
         """Servers whose ``updated`` is at or after ``since`` (floored to the second), deleted
         and soft-deleted ones included.

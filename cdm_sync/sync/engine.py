@@ -71,6 +71,12 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CHEAP_INTERVAL = 60.0
 DEFAULT_FULL_INTERVAL = 3600.0
+# A compute node first heard of in a notification (service.create, an instance on an unknown
+# host) is a placeholder until Nova's hypervisor listing gives its uuid and capacity. Nova
+# creates the node record a moment after the service, so the refresh waits, then retries with
+# doubling delays (2 + 4 + ... + 64 s) before leaving it to the next full audit.
+DEFAULT_NODE_REFRESH_DELAY = 2.0
+NODE_REFRESH_ATTEMPTS = 6
 DEFAULT_CHANGE_SKEW = 120.0
 DEFAULT_FULL_SHRINK_LIMIT = 0.1
 
@@ -175,6 +181,7 @@ class SyncEngine:
         cheap_interval: float = DEFAULT_CHEAP_INTERVAL,
         full_interval: float = DEFAULT_FULL_INTERVAL,
         clock: Callable[[], float] = time.time,
+        node_refresh_delay: float = DEFAULT_NODE_REFRESH_DELAY,
     ) -> None:
         if not 0.0 <= full_shrink_limit <= 1.0:
             raise ValueError(f"full_shrink_limit must be in [0, 1], got {full_shrink_limit!r}")
@@ -202,6 +209,11 @@ class SyncEngine:
         self._drift: Counter[tuple[str, str]] = Counter()
         self._counters: Counter[str] = Counter()
         self._scheduler: Any = None
+        self.node_refresh_delay = node_refresh_delay
+        self._nodes_wanted = threading.Event()
+        self._stopping = threading.Event()
+        self._node_refresher: threading.Thread | None = None
+        service.add_publisher(self._watch_placeholders)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -534,14 +546,72 @@ class SyncEngine:
             )
         scheduler.start()
         self._scheduler = scheduler
+        self._stopping.clear()
+        self._node_refresher = threading.Thread(
+            target=self._refresh_nodes_when_wanted, name="node-refresh", daemon=True
+        )
+        self._node_refresher.start()
         LOG.info("Audits scheduled: cheap every %ss, full every %ss", cheap, full)
+
+    # -- nodes first heard of in notifications -----------------------------------------------
+
+    def _watch_placeholders(self, records: list[Any]) -> None:
+        """A change publisher: notes a placeholder node that a notification created (only an
+        Event is set: publishers must not block the writer)."""
+        for record in records:
+            if (
+                record.kind == "compute_node"
+                and record.op != "remove"
+                and record.element.placeholder
+                and record.cause.source == "notification"
+            ):
+                self._nodes_wanted.set()
+                return
+
+    def refresh_nodes(self, progress: Progress | None = None) -> int:
+        """Read Nova's services and hypervisors (no servers) and apply them (cause ``audit``):
+        placeholders get their real uuid and capacity. Returns how many placeholders remain.
+        Deletes nothing. Raises ListingError."""
+        with self._lock:
+            listing = self.collector.nodes_listing(progress)
+            translation = Translation()
+            for event in snapshot_events(listing.snapshot, "audit", translation, consume=True):
+                self.service.submit(event)
+            self._count("node_refreshes")
+        left = sum(1 for node in self.service.model.nodes() if node.placeholder)
+        LOG.info("Compute nodes refreshed from Nova; %d placeholder node(s) left", left)
+        return left
+
+    def _refresh_nodes_when_wanted(self) -> None:
+        while not self._stopping.is_set():
+            self._nodes_wanted.wait()
+            if self._stopping.is_set():
+                return
+            self._nodes_wanted.clear()
+            delay = self.node_refresh_delay
+            for _ in range(NODE_REFRESH_ATTEMPTS):
+                if self._stopping.wait(delay):
+                    return
+                try:
+                    if self.refresh_nodes() == 0:
+                        break
+                except ListingError as exc:
+                    LOG.warning("Compute node refresh failed: %s", exc.reason)
+                except Exception:
+                    LOG.exception("Compute node refresh failed")
+                delay *= 2
 
     def stop(self, wait: bool = True) -> None:
         """Stop the schedule; with ``wait``, let a running audit finish first."""
+        self._stopping.set()
+        self._nodes_wanted.set()  # wake the node refresher so it sees the stop
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             scheduler.shutdown(wait=wait)
             LOG.info("Audit schedule stopped")
+        refresher, self._node_refresher = self._node_refresher, None
+        if refresher is not None and wait:
+            refresher.join(timeout=30)
 
     def _scheduled_cheap(self) -> None:
         # A cheap audit is not worth waiting for: the next one covers the same window.

@@ -51,6 +51,12 @@ class Collector(Protocol):
         Raises ListingError."""
         ...
 
+    def nodes_listing(self, progress: Progress | None = None) -> Listing:
+        """Services, hypervisors and (2.88+) inventories only, no servers: what the engine
+        reads to give a node first heard of in a notification its real uuid and capacity.
+        Raises ListingError."""
+        ...
+
     def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
         """Servers changed since ``since`` (POSIX seconds), deleted ones included
         (``GET /servers/detail?changes-since=...``: Nova includes deleted servers with

@@ -438,6 +438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except cfg.Error as exc:
         print(f"cdm-sync: configuration error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``cdm-sync dump | head``): not an error of ours.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (interpreter exit closes it)
+        return 0
     except OSError as exc:
         print(f"cdm-sync: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2

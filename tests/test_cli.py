@@ -135,3 +135,10 @@ def test_dump_to_stdout_is_pure_json_and_logs_go_to_stderr() -> None:
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["format"] == "cdm-sync/model/1"
     assert "Bootstrap done" in proc.stderr  # progress is logged, on stderr
+
+
+def test_a_reader_that_stops_early_is_not_an_error() -> None:
+    shell = f"{sys.executable} -m cdm_sync.cli demo | true; exit ${{PIPESTATUS[0]}}"
+    proc = subprocess.run(["bash", "-c", shell], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr

@@ -431,7 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             conf.CONF.set_override("debug", True)
         logging.setup(conf.CONF, "cdm-sync")
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit
+        return status
     except (SnapshotError, TraceError, UsageError) as exc:
         print(f"cdm-sync: error: {exc}", file=sys.stderr)
         return 2
@@ -439,9 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdm-sync: configuration error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # The reader went away (``cdm-sync dump | head``): not an error of ours.
-        with contextlib.suppress(OSError):
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (interpreter exit closes it)
+        # The reader went away (``cdm-sync dump | head``): not an error of ours. What is still
+        # buffered goes to /dev/null when the interpreter flushes stdout on exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
     except OSError as exc:
         print(f"cdm-sync: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)

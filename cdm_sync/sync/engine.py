@@ -275,6 +275,14 @@ class SyncEngine:
         with self._status_lock:
             self._counters[name] += n
 
+    def _listing_failed(self, report: RunReport, started: float, by: str, reason: str) -> RunReport:
+        """A full (``by`` full) or cheap audit whose listing could not be read: count it,
+        mark the model DEGRADED with the reason, and close the report."""
+        report.result, report.reason = FAILED, reason
+        self._count(f"{by}_audit_failures")
+        self._degrade(by, f"{by} audit: {reason}")
+        return self._finish(report, started)
+
     def _finish(self, report: RunReport, started: float) -> RunReport:
         report.duration = time.monotonic() - started
         with self._status_lock:
@@ -404,15 +412,9 @@ class SyncEngine:
         try:
             listing = self.collector.full_listing(progress)
         except ListingError as exc:
-            report.result, report.reason = FAILED, f"listing failed: {exc.reason}"
-            self._count("full_audit_failures")
-            self._degrade(_BY_FULL, f"full audit: {report.reason}")
-            return self._finish(report, started)
+            return self._listing_failed(report, started, _BY_FULL, f"listing failed: {exc.reason}")
         except Exception as exc:
-            report.result, report.reason = FAILED, f"listing failed: {exc!r}"
-            self._count("full_audit_failures")
-            self._degrade(_BY_FULL, f"full audit: {report.reason}")
-            self._finish(report, started)
+            self._listing_failed(report, started, _BY_FULL, f"listing failed: {exc!r}")
             raise
         report.listed_servers = listing.snapshot.server_count
         try:
@@ -467,15 +469,10 @@ class SyncEngine:
         try:
             listing = self.collector.changes_since(since, progress)
         except ListingError as exc:
-            report.result, report.reason = FAILED, f"changes listing failed: {exc.reason}"
-            self._count("cheap_audit_failures")
-            self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
-            return self._finish(report, started)
+            reason = f"changes listing failed: {exc.reason}"
+            return self._listing_failed(report, started, _BY_CHEAP, reason)
         except Exception as exc:
-            report.result, report.reason = FAILED, f"changes listing failed: {exc!r}"
-            self._count("cheap_audit_failures")
-            self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
-            self._finish(report, started)
+            self._listing_failed(report, started, _BY_CHEAP, f"changes listing failed: {exc!r}")
             raise
         report.listed_servers = listing.snapshot.server_count
         before = self.service.model.revision

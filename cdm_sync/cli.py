@@ -15,7 +15,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cdm_sync import conf
+from cdm_sync.jsonfile import write_json_atomic
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.model.changes import format_timestamp
 from cdm_sync.nova.snapshot import SnapshotError, read_snapshot
@@ -48,20 +48,6 @@ class UsageError(Exception):
 def example_path(name: str) -> Path:
     """A file of the bundled real Nova 34 example (snapshot, trace, final snapshot)."""
     return Path(str(resources.files("cdm_sync") / "data" / EXAMPLE / name))
-
-
-def write_json_atomic(path: str | Path, document: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never half of one."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(document, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ChangeWriter:

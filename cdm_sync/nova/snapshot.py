@@ -12,13 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cdm_sync.jsonfile import write_json_atomic
 from cdm_sync.model.changes import format_timestamp
 from cdm_sync.model.elements import POWER_STATE_NAMES, Flavor
 from cdm_sync.model.events import (
@@ -136,12 +136,7 @@ class Snapshot:
 
 def write_snapshot(snapshot: Snapshot, path: str | Path) -> None:
     """Write a snapshot file atomically (write, then rename): readers never see half of one."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(snapshot.to_dict(), fh, separators=(",", ":"), sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, target)
+    write_json_atomic(path, snapshot.to_dict(), compact=True)
 
 
 def read_snapshot(path: str | Path) -> Snapshot:

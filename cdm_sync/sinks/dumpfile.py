@@ -8,12 +8,11 @@ half-written file and the final file is the final model.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 from pathlib import Path
 
+from cdm_sync.jsonfile import write_json_atomic
 from cdm_sync.model import ChangeRecord, ComputeModel
 
 LOG = logging.getLogger(__name__)
@@ -48,18 +47,12 @@ class DumpFileWriter:
         self.write()
 
     def write(self) -> None:
-        document = self.model.to_dict()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(document, fh, indent=1)
-                fh.write("\n")
-            os.replace(tmp, self.path)
+            write_json_atomic(self.path, self.model.to_dict())
             self.writes += 1
         except OSError as exc:
             # A full disk must not stop the service; the next change tries again.
             LOG.error("Could not write the dump file %s: %s", self.path, exc)
-            tmp.unlink(missing_ok=True)
             self._dirty.set()
 
     def _run(self) -> None:

@@ -54,7 +54,6 @@ from oslo_messaging.notify.listener import BatchNotificationServer
 
 from cdm_sync.conf import listener as listener_conf
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
-from cdm_sync.nova.fields import PayloadError, parse_time
 from cdm_sync.sync.service import SyncService
 
 LOG = logging.getLogger(__name__)
@@ -88,8 +87,7 @@ class ListenerStats:
     requeued: int = 0  # messages given back to RabbitMQ after a failure
     dropped: int = 0  # messages given up on after max_redeliveries (or failing in release)
     last_batch_at: float | None = None  # POSIX time the last batch was received
-    # Envelope time (POSIX seconds) of the last message applied: lag = now - this.
-    last_notification_time: float | None = None
+    # Notification lag is measured where notifications are applied: SyncService.stats.
 
 
 class _InOrderDispatcher(DispatcherBase):
@@ -137,15 +135,6 @@ def _describe(line: Any) -> tuple[str, Any]:
     metadata = line.get("metadata")
     message_id = metadata.get("message_id") if type(metadata) is dict else None
     return (event_type if isinstance(event_type, str) else "(not a string)"), message_id
-
-
-def _envelope_time(line: Any) -> float | None:
-    if type(line) is not dict or type(line.get("metadata")) is not dict:
-        return None
-    try:
-        return parse_time(line["metadata"].get("timestamp"), "timestamp", repeats=False)
-    except PayloadError:
-        return None
 
 
 class NotificationListener:
@@ -302,8 +291,6 @@ class NotificationListener:
                     self._drop(event_type, "failed while releasing held notifications")
                 else:
                     stats.applied += 1
-            if buffered:
-                stats.last_notification_time = _envelope_time(buffered[-1])
             stats.released += len(buffered)
             stats.buffered = 0
             self._held = False
@@ -346,7 +333,6 @@ class NotificationListener:
         applied = 0
         failed: list[int] = []
         worst = 0
-        last: Any = None
         for index, line in enumerate(lines):
             try:
                 deliver(line)
@@ -379,11 +365,8 @@ class NotificationListener:
                 worst = max(worst, attempt)
                 continue
             applied += 1
-            last = line
             if attempts:
                 attempts.pop(_describe(line)[1], None)
-        if applied:
-            stats.last_notification_time = _envelope_time(last)
         stats.applied += applied  # last: readers polling it see the rest updated
         return failed, worst
 

@@ -9,14 +9,18 @@ The cloud helpers here are shared with ``tests/test_engine.py``.
 from __future__ import annotations
 
 import copy
+import json
+import sys
 import uuid as uuidlib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cdm_sync.model import Cause, ChangeRecord, InstanceObserved, Version
+from cdm_sync.model import Cause, ChangeRecord, ComputeModel, InstanceObserved, Version
 from cdm_sync.nova.fields import parse_time
-from cdm_sync.nova.snapshot import Snapshot
+from cdm_sync.nova.snapshot import Snapshot, snapshot_events
 from cdm_sync.sync.audit import AuditReport, build_shadow, full_audit, reconcile
 from tests.conftest import Harness, NovaListing
 from tests.samples import load_sample
@@ -133,6 +137,21 @@ def test_repairs_dropped_create_delete_and_stale_field(live: Harness) -> None:
     assert report.deletes_skipped is None
     assert dump(live) == truth(later, live)
     assert live.model.check_integrity() == []
+
+
+def test_corrections_enter_the_model_with_shared_strings(live: Harness) -> None:
+    """The shadow reads the listing without interning; a correction is interned on its way
+    into the live model, as a bootstrap's elements are (one copy of each host name...)."""
+    later = make_cloud(21, captured_at=CAPTURED_2)
+    # Strings as a JSON decoder makes them: fresh objects, none of them interned.
+    doc = json.loads(json.dumps(later.doc()))
+    host = doc["servers"][20]["OS-EXT-SRV-ATTR:host"]
+    assert host is not sys.intern(host)
+    reconcile(live.service, Snapshot.from_dict(doc))
+    added = live.model.instance(server_uuid(20))
+    assert added is not None and added.host == host
+    for value in (added.host, added.node, added.project_id, added.user_id):
+        assert value is sys.intern(value)
 
 
 def test_equal_listing_submits_nothing(live: Harness) -> None:
@@ -260,7 +279,7 @@ def test_node_drift(make_harness: Any) -> None:
 def test_shadow_keeps_the_listing_events(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2)
     shadow = build_shadow(snapshot_of(later))
-    assert shadow.model.instance_count == 20
+    assert len(shadow.instances) == 20
     assert set(shadow.instance_events) == {server_uuid(i) for i in range(20)}
     assert set(shadow.hypervisor_events) == {node_uuid(h) for h in HOSTS}
     assert set(shadow.service_events) == set(HOSTS)
@@ -273,3 +292,49 @@ def test_report_line_names_the_drift() -> None:
     report.drift[("instance", "ghost")] = 2
     report.deletes_skipped = "cell1 is down"
     assert "ghost 2" in report.line() and "cell1 is down" in report.line()
+
+
+# -- the shadow's shortcut is exact ------------------------------------------------------------
+
+_PROPERTY_HOSTS = ("h0", "h1", "h2", "h3")
+_STAMPS = ("2025-12-31T22:00:00Z", "2025-12-31T23:00:00Z", "2025-12-31T23:30:00Z")
+
+
+@st.composite
+def tricky_listings(draw: st.DrawFn) -> dict[str, Any]:
+    """Listings with unlisted hosts, hosts of two nodes, servers naming no host or node or an
+    unknown node, the same server listed twice (older and newer), and deleted servers."""
+    cloud = NovaListing(draw(st.sampled_from(("2.1", "2.53"))), captured_at=CAPTURED_1)
+    cloud.add_flavor("1", "m1.small", 1, 2048, 20)
+    for host in draw(st.lists(st.sampled_from(_PROPERTY_HOSTS), unique=True)):
+        for n in range(draw(st.integers(1, 2))):
+            cloud.add_host(host, f"{host}-n{n}", node_uuid=node_uuid(f"{host}-n{n}"))
+    hosts = st.sampled_from((*_PROPERTY_HOSTS, "unlisted", None))
+    for _ in range(draw(st.integers(0, 12))):
+        host = draw(hosts)
+        node = draw(st.sampled_from((f"{host}-n0", f"{host}-n1", "elsewhere", None)))
+        item = cloud.add_server(
+            server_uuid(draw(st.integers(0, 6))),
+            host=host,
+            node=node,
+            flavor_id="1",
+            vm_state=draw(st.sampled_from(("active", "stopped", "deleted"))),
+            updated=draw(st.sampled_from(_STAMPS)),
+        )
+        for key in ("OS-EXT-SRV-ATTR:host", "OS-EXT-SRV-ATTR:hypervisor_hostname"):
+            if draw(st.booleans()) and draw(st.booleans()):
+                del item[key]  # not proven by the listing (a non-admin view)
+    return cloud.doc()
+
+
+@given(tricky_listings())
+@settings(max_examples=300, deadline=None)
+def test_shadow_equals_applying_the_whole_listing(doc: dict[str, Any]) -> None:
+    """The shadow resolves most servers without applying them; the result must be exactly what
+    applying every listing event to a fresh model gives (nodes, placeholders, instances)."""
+    shadow = build_shadow(Snapshot.from_dict(copy.deepcopy(doc)))
+    reference = ComputeModel(dedupe_window=0, clock=lambda: shadow.captured_at)
+    for event in snapshot_events(Snapshot.from_dict(copy.deepcopy(doc)), "audit"):
+        reference.apply(event)
+    assert shadow.instances == {i.uuid: i for i in reference.instances()}
+    assert sorted(shadow.model.nodes()) == sorted(reference.nodes())

@@ -308,6 +308,21 @@ def malformed_cases() -> list[tuple[str, Callable[[NovaListing], None], str]]:
         ("server-flavor-string", lambda c: server(c, flavor="m1.tiny"), "flavor"),
         ("server-bad-updated", lambda c: server(c, updated="yesterday"), "updated"),
         ("server-not-object", lambda c: c.servers.append(["not", "a", "server"]), "not an object"),
+        ("server-empty-id", lambda c: server(c, id=""), "id"),
+        (
+            "server-host-number",
+            lambda c: server(c, **{"OS-EXT-SRV-ATTR:host": 7}),
+            "OS-EXT-SRV-ATTR:host is int",
+        ),
+        ("server-tenant-list", lambda c: server(c, tenant_id=["p"]), "tenant_id is list"),
+        (
+            "server-power-bool",
+            lambda c: server(c, **{"OS-EXT-STS:power_state": True}),
+            "power_state",
+        ),
+        ("server-flavor-list", lambda c: server(c, flavor=[1]), "flavor"),
+        ("server-metadata-list", lambda c: server(c, metadata=["a"]), "metadata"),
+        ("server-locked-string", lambda c: server(c, locked="yes"), "locked"),
     ]
 
 

@@ -133,19 +133,11 @@ class _Writer:
     def resolve_node(self, host: str | None, node: str | None) -> str | None:
         """The node uuid an instance on (host, node) belongs to, creating a placeholder if none."""
         m = self.m
-        if host is None and node is None:
-            return None
-        if node is not None:
-            found = m._node_by_hypervisor.get(node)
-            if found is not None:
-                return found
+        found = known_node(m, host, node)
+        if found is not NEEDS_WRITE:
+            return found
         on_host = m._nodes_by_host.get(host, ()) if host is not None else ()
-        if node is None:
-            if len(on_host) == 1:
-                return next(iter(on_host))
-            if on_host:
-                return None  # several nodes on the host and no node named: do not guess
-        else:
+        if node is not None:
             # A node the service announced before its hypervisor was seen: name it now.
             for uuid in on_host:
                 candidate = m._nodes[uuid]
@@ -209,6 +201,72 @@ class _Writer:
         self.record("instance", "remove", old, {})
 
 
+NEEDS_WRITE: Any = object()
+"""What :func:`known_node` returns when the node can only be found by writing (a placeholder)."""
+
+
+def known_node(m: ComputeModel, host: str | None, node: str | None) -> Any:
+    """The node uuid an instance on (host, node) belongs to, or None, when finding it takes no
+    write; :data:`NEEDS_WRITE` when only :meth:`_Writer.resolve_node` can (placeholders)."""
+    if host is None and node is None:
+        return None
+    if node is not None:
+        found = m._node_by_hypervisor.get(node)
+        if found is not None:
+            return found
+        return NEEDS_WRITE
+    on_host = m._nodes_by_host.get(host, ()) if host is not None else ()
+    if len(on_host) == 1:
+        return next(iter(on_host))
+    if on_host:
+        return None  # several nodes on the host and no node named: do not guess
+    return NEEDS_WRITE
+
+
+def merged_instance(
+    base: Instance, ev: InstanceObserved, host: Any, node: Any, node_uuid: str | None
+) -> Instance:
+    """``base`` with the fields ``ev`` proves (host and node already merged by the caller)."""
+    # Unpacked by position and built with tuple.__new__ (what a NamedTuple's __new__ does,
+    # minus the argument binding): this runs for every instance notification and listed server.
+    (uuid, _, _, name, project, user, _, _, vm_state, power, task, flavor, locked, metadata) = ev
+    u = UNKNOWN
+    return _new_tuple(
+        Instance,
+        (
+            uuid,
+            base.name if name is u else name,
+            base.project_id if project is u else project,
+            base.user_id if user is u else user,
+            host,
+            node,
+            node_uuid,
+            base.vm_state if vm_state is u else vm_state,
+            base.power_state if power is u else power,
+            base.task_state if task is u else task,
+            base.flavor if flavor is u else flavor,
+            base.locked if locked is u else locked,
+            base.metadata if metadata is u else metadata,
+        ),
+    )
+
+
+_new_tuple = tuple.__new__
+
+
+def first_sight(m: ComputeModel, ev: InstanceObserved) -> Instance | None:
+    """The element applying ``ev`` would create for an instance ``m`` has never held, when that
+    takes no other write (its node is known, or it names none); None otherwise."""
+    if ev.uuid in m._instances or ev.uuid in m.instance_tombstones:
+        return None
+    host = None if ev.host is UNKNOWN else ev.host
+    node = None if ev.node is UNKNOWN else ev.node
+    node_uuid = None if ev.host is UNKNOWN and ev.node is UNKNOWN else known_node(m, host, node)
+    if node_uuid is NEEDS_WRITE:
+        return None
+    return merged_instance(_NO_INSTANCE, ev, host, node, node_uuid)
+
+
 def apply_event(model: ComputeModel, event: Any, now: float) -> tuple[Outcome, list[ChangeRecord]]:
     if now >= model._next_purge:  # expiry to the second is plenty for a TTL of minutes
         model.instance_tombstones.purge(now)
@@ -250,21 +308,7 @@ def _instance_observed(w: _Writer, ev: InstanceObserved) -> Outcome:
         node_uuid = old.compute_node_uuid
     else:
         node_uuid = w.resolve_node(host, node)
-    new = Instance(
-        uuid=uuid,
-        name=base.name if ev.name is UNKNOWN else ev.name,
-        project_id=base.project_id if ev.project_id is UNKNOWN else ev.project_id,
-        user_id=base.user_id if ev.user_id is UNKNOWN else ev.user_id,
-        host=host,
-        node=node,
-        compute_node_uuid=node_uuid,
-        vm_state=base.vm_state if ev.vm_state is UNKNOWN else ev.vm_state,
-        power_state=base.power_state if ev.power_state is UNKNOWN else ev.power_state,
-        task_state=base.task_state if ev.task_state is UNKNOWN else ev.task_state,
-        flavor=base.flavor if ev.flavor is UNKNOWN else ev.flavor,
-        locked=base.locked if ev.locked is UNKNOWN else ev.locked,
-        metadata=base.metadata if ev.metadata is UNKNOWN else ev.metadata,
-    )
+    new = merged_instance(base, ev, host, node, node_uuid)
     w.put_instance(new, ev.version)
     return Outcome.UNCHANGED
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import networkx as nx
 
-from cdm_sync.model.apply import Outcome, apply_event
+from cdm_sync.model.apply import Outcome, apply_event, first_sight
 from cdm_sync.model.changes import ChangeRecord
 from cdm_sync.model.elements import ComputeNode, Instance
-from cdm_sync.model.events import Event, Version
+from cdm_sync.model.events import Event, InstanceObserved, Version
 from cdm_sync.model.tombstones import Tombstones
 
 MODEL_FORMAT = "cdm-sync/model/1"
@@ -121,6 +121,13 @@ class ComputeModel:
         """Like :meth:`apply`, also saying why nothing changed (stale, duplicate, ...)."""
         with self._lock:
             return apply_event(self, event, self._clock())
+
+    def preview_new_instance(self, event: InstanceObserved) -> Instance | None:
+        """The element :meth:`apply` would make of ``event`` for an instance this model has
+        never held, when that takes no other write (its node is known, or it names none);
+        None otherwise. Changes nothing: for a private model built in bulk (an audit's shadow),
+        where applying each listed server would only produce records nobody reads."""
+        return first_sight(self, event)
 
     # -- point reads (lock-free) ---------------------------------------------------------------
 

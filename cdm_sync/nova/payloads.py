@@ -37,6 +37,7 @@ from cdm_sync.model.events import (
 )
 from cdm_sync.nova.fields import (
     PayloadError,
+    StringFields,
     brief,
     flavor_from,
     make_flavor,
@@ -44,7 +45,6 @@ from cdm_sync.nova.fields import (
     opt_bool,
     opt_int,
     opt_str,
-    optional_strings,
     parse_time,
     required_str,
 )
@@ -190,9 +190,7 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     if vm_state == "deleted":
         return InstanceDeleted(uuid, version, cause)
     # The string fields, checked in one loop (this is the notification hot path).
-    name, project_id, user_id, host, node, power_state, task_state = optional_strings(
-        data, _INSTANCE_STRINGS
-    )
+    name, project_id, user_id, host, node, power_state, task_state = _INSTANCE_STRINGS.read(data)
     if event_type.startswith(_NO_PLACEMENT_PREFIXES):
         host = node = UNKNOWN
     return InstanceObserved(
@@ -215,7 +213,7 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
 
 # InstancePayload's optional string fields, in the order parse_versioned_instance unpacks them,
 # each with whether its values repeat across instances (and so are interned).
-_INSTANCE_STRINGS = (
+_INSTANCE_STRINGS = StringFields(
     ("display_name", False),
     ("tenant_id", True),
     ("user_id", True),

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from cdm_sync.model.events import (
 )
 from cdm_sync.nova.fields import (
     PayloadError,
+    StringFields,
     brief,
     flavor_from,
     make_flavor,
@@ -41,7 +43,6 @@ from cdm_sync.nova.fields import (
     opt_bool,
     opt_int,
     opt_str,
-    optional_strings,
     parse_time,
     required_str,
 )
@@ -318,6 +319,7 @@ def snapshot_events(
     report: Translation | None = None,
     *,
     consume: bool = False,
+    intern: bool = True,
 ) -> Iterator[Event]:
     """Hypervisors, services, then servers, as events.
 
@@ -325,6 +327,7 @@ def snapshot_events(
     With ``consume``, each server item is released from ``snapshot.servers`` once translated
     (the list is empty afterwards): on a large snapshot the memory the items held is then
     reused for the model being built instead of being left as holes in the heap.
+    ``intern`` as in :func:`server_event`.
     """
     report = report if report is not None else Translation()
     version = Version(None, snapshot.captured_at)
@@ -354,7 +357,7 @@ def snapshot_events(
         if consume:
             servers[index] = None
         try:
-            event = server_event(item, snapshot.captured_at, cause, flavors)
+            event = server_event(item, snapshot.captured_at, cause, flavors, intern=intern)
         except PayloadError as exc:
             _reject(report, "server", item, exc)
             continue
@@ -465,43 +468,76 @@ def _hypervisor(item: Any, version: Version, cause: Cause) -> HypervisorObserved
 
 
 def server_event(
-    item: Any, captured_at: float, cause: Cause, flavors: Mapping[str, Flavor]
+    item: Any,
+    captured_at: float,
+    cause: Cause,
+    flavors: Mapping[str, Flavor],
+    *,
+    intern: bool = True,
 ) -> InstanceObserved | InstanceDeleted:
-    """One item of ``GET /servers/detail`` as an event, versioned by its ``updated`` stamp."""
-    if not isinstance(item, Mapping):
+    """One item of ``GET /servers/detail`` as an event, versioned by its ``updated`` stamp.
+
+    The strings many instances repeat (project, user, host, node, task state) are interned,
+    so a model of 200,000 instances holds one copy of each. Interning costs far more than
+    the rest of the translation on a large listing (every lookup misses the CPU cache), so
+    ``intern=False`` skips it for events that are compared and dropped (an audit's listing);
+    :func:`interned` gives such an event its shared strings before it enters a model.
+    """
+    if type(item) is not dict and not isinstance(item, Mapping):
         raise PayloadError("not an object")
-    uuid = required_str(item, "id")
-    version = Version(parse_time(item.get("updated"), "updated"), captured_at)
+    uuid = item.get("id")
+    if type(uuid) is not str or not uuid:
+        uuid = required_str(item, "id")  # raises, saying what is wrong
+    # A listing's `updated` stamps are nearly all distinct: caching them would only cost.
+    version = Version(parse_time(item.get("updated"), "updated", repeats=False), captured_at)
     vm_state = opt_str(item, "OS-EXT-STS:vm_state", shared=True)
     if vm_state == "deleted" or item.get("status") == "DELETED":
         return InstanceDeleted(uuid, version, cause, reason="deleted in Nova")
     power = item.get("OS-EXT-STS:power_state", UNKNOWN)
     if power is not UNKNOWN and power is not None:
-        if isinstance(power, bool) or not isinstance(power, int):
+        if type(power) is not int:
             raise PayloadError("OS-EXT-STS:power_state is not an integer")
         power = POWER_STATE_NAMES.get(power)
-    name, project_id, user_id, host, node, task_state = optional_strings(item, _SERVER_STRINGS)
+    name, project_id, user_id, host, node, task_state = _SERVER_STRINGS.read(item, intern=intern)
+    # Positional: this runs for every listed server.
     return InstanceObserved(
-        uuid=uuid,
-        version=version,
-        cause=cause,
-        name=name,
-        project_id=project_id,
-        user_id=user_id,
-        host=host,
-        node=node,
-        vm_state=vm_state,
-        power_state=power,
-        task_state=task_state,
-        flavor=_server_flavor(item.get("flavor"), flavors),
-        locked=opt_bool(item, "locked"),
-        metadata=metadata_field(item),
+        uuid,
+        version,
+        cause,
+        name,
+        project_id,
+        user_id,
+        host,
+        node,
+        vm_state,
+        power,
+        task_state,
+        _server_flavor(item.get("flavor"), flavors),
+        opt_bool(item, "locked"),
+        metadata_field(item),
     )
+
+
+def interned(event: Event) -> Event:
+    """``event`` with the strings :func:`server_event` interns interned (any other event as is)."""
+    if type(event) is not InstanceObserved:
+        return event
+    return event._replace(
+        project_id=_maybe_intern(event.project_id),
+        user_id=_maybe_intern(event.user_id),
+        host=_maybe_intern(event.host),
+        node=_maybe_intern(event.node),
+        task_state=_maybe_intern(event.task_state),
+    )
+
+
+def _maybe_intern(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
 
 
 # A server item's optional string fields, in the order server_event unpacks them, each with
 # whether its values repeat across servers (and so are interned).
-_SERVER_STRINGS = (
+_SERVER_STRINGS = StringFields(
     ("name", False),
     ("tenant_id", True),
     ("user_id", True),
@@ -512,6 +548,8 @@ _SERVER_STRINGS = (
 
 
 def _server_flavor(value: Any, flavors: Mapping[str, Flavor]) -> Flavor | Any | None:
+    if type(value) is dict and "original_name" in value:  # the common case, checked first
+        return flavor_from(value, _EMBEDDED_FLAVOR_KEYS)
     if value is None or isinstance(value, Flavor):
         return value
     if not isinstance(value, Mapping):
@@ -571,6 +609,7 @@ __all__ = [
     "Snapshot",
     "SnapshotError",
     "Translation",
+    "interned",
     "read_snapshot",
     "server_event",
     "snapshot_events",

@@ -1,11 +1,11 @@
 """Full audit: load a complete Nova listing into a shadow model, diff it with the live one, correct.
 
 The listing (a :class:`~cdm_sync.nova.snapshot.Snapshot`, from a file or a live collector) is
-first applied to a *shadow* :class:`~cdm_sync.model.ComputeModel` that nobody reads and nothing
-publishes from. The shadow resolves what the listing means (which node each server is on,
-placeholders, flavors) exactly as the live model would, so the diff is a comparison of immutable
-element tuples, cheap enough for 200,000 instances: equal elements are skipped at the cost of
-one tuple comparison. What differs becomes a correction:
+first resolved in a *shadow* :class:`~cdm_sync.model.ComputeModel` that nobody reads and nothing
+publishes from (:func:`build_shadow`). The shadow resolves what the listing means (which node
+each server is on, placeholders, flavors) exactly as the live model would, so the diff is a
+comparison of immutable element tuples, cheap enough for 200,000 instances: equal elements are
+skipped at the cost of one tuple comparison. What differs becomes a correction:
 
 - an element the shadow has and the live model lacks (a dropped create): ``missing``;
 - an element the live model has and the listing lacks (a dropped delete): ``ghost``;
@@ -50,7 +50,7 @@ from cdm_sync.model import (
     Version,
 )
 from cdm_sync.model.events import Source
-from cdm_sync.nova.snapshot import Snapshot, Translation, snapshot_events
+from cdm_sync.nova.snapshot import Snapshot, Translation, interned, snapshot_events
 from cdm_sync.runtime import gc_paused
 from cdm_sync.sync.service import SyncService
 
@@ -112,11 +112,17 @@ class AuditReport:
 
 @dataclass
 class Shadow:
-    """A listing applied to a private model, with the event that produced each element."""
+    """A listing resolved as the live model would resolve it, with the event behind each element.
+
+    ``model`` holds the listing's compute nodes (real ones and the placeholders its servers
+    imply) and the instances that needed the full apply path to be resolved; ``instances``
+    holds every listed instance as a model built from the listing alone would hold it.
+    """
 
     model: ComputeModel
     source: Source
     captured_at: float
+    instances: dict[str, Instance]
     instance_events: dict[str, InstanceObserved | InstanceDeleted]
     hypervisor_events: dict[str, HypervisorObserved]
     service_events: dict[str, ServiceObserved]
@@ -124,34 +130,90 @@ class Shadow:
 
 
 def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool = False) -> Shadow:
-    """Apply a listing to a fresh model nobody reads; keep each element's latest event.
+    """Resolve a listing in a fresh model nobody reads; keep each element's latest event.
 
-    With ``consume``, ``snapshot``'s server items are released as they are read (see
-    :func:`snapshot_events`): for a listing nothing else will read again.
+    The result is what applying every listing event to a fresh model gives, but most servers
+    never enter that model: a server whose node the listing names (the normal case) is
+    resolved by :meth:`ComputeModel.preview_new_instance`, which builds the same element
+    without the graph edge, indexes and change record a full apply would make for nobody.
+    Servers that need a placeholder node take the full apply path, in listing order. The
+    previews are exact while no server is listed twice and no node follows a server (as
+    :func:`snapshot_events` yields them); a listing breaking either is applied in full instead.
+
+    Servers are read without interning their strings (the events are compared and dropped;
+    :func:`reconcile` interns the few that become corrections). With ``consume``,
+    ``snapshot``'s server items are released as they are read (see :func:`snapshot_events`):
+    for a listing nothing else will read again.
     """
     translation = Translation()
-    # No dedupe (listing events carry no message id) and a fixed clock: nothing here expires.
-    shadow = ComputeModel(dedupe_window=0, clock=lambda: snapshot.captured_at)
-    instances: dict[str, InstanceObserved | InstanceDeleted] = {}
+    shadow = _fresh_shadow_model(snapshot.captured_at)
+    events: list[Event] = []
+    instances: dict[str, Instance] = {}
+    instance_events: dict[str, InstanceObserved | InstanceDeleted] = {}
     hypervisors: dict[str, HypervisorObserved] = {}
     services: dict[str, ServiceObserved] = {}
+    applied: list[str] = []
+    exact = True
+    servers_seen = False
     apply = shadow.apply_with_outcome
+    preview = shadow.preview_new_instance
+    listed = snapshot_events(snapshot, source, translation, consume=consume, intern=False)
     with gc_paused(freeze=False):
-        for event in snapshot_events(snapshot, source, translation, consume=consume):
-            apply(event)
+        for event in listed:
+            events.append(event)
             kind = type(event)
             if kind is InstanceObserved or kind is InstanceDeleted:
+                servers_seen = True
                 key = event.uuid
-                known: Any = instances.get(key)
-                if known is None or not event.version.older_than(known.version):
-                    instances[key] = event
-            elif kind is HypervisorObserved:
+                known: Any = instance_events.get(key)
+                if known is not None:
+                    exact = False  # listed twice
+                    if event.version.older_than(known.version):
+                        continue
+                instance_events[key] = event
+                if not exact:
+                    continue
+                if kind is InstanceObserved:
+                    element = preview(event)
+                    if element is not None:
+                        instances[key] = element
+                        continue
+                apply(event)
+                applied.append(key)
+                continue
+            if servers_seen:
+                exact = False  # a node after a server: it could move a previewed server
+            if kind is HypervisorObserved:
                 hypervisors[event.uuid] = event
             elif kind is ServiceObserved:
                 services[event.host] = event
+            if exact:
+                apply(event)
+        if exact:
+            for key in applied:
+                element = shadow.instance(key)
+                if element is not None:
+                    instances[key] = element
+        else:
+            shadow = _fresh_shadow_model(snapshot.captured_at)
+            for event in events:
+                shadow.apply_with_outcome(event)
+            instances = {element.uuid: element for element in shadow.instances()}
     return Shadow(
-        shadow, source, snapshot.captured_at, instances, hypervisors, services, translation.rejected
+        shadow,
+        source,
+        snapshot.captured_at,
+        instances,
+        instance_events,
+        hypervisors,
+        services,
+        translation.rejected,
     )
+
+
+def _fresh_shadow_model(captured_at: float) -> ComputeModel:
+    # No dedupe (listing events carry no message id) and a fixed clock: nothing here expires.
+    return ComputeModel(dedupe_window=0, clock=lambda: captured_at)
 
 
 def reconcile(
@@ -172,11 +234,25 @@ def reconcile(
     listing states explicitly (a server listed as DELETED) are applied in every case.
     ``consume`` as in :func:`build_shadow`.
     """
+    # The cyclic GC stays paused until the shadow is freed: resumed earlier, its first pass
+    # would scan the million young objects the shadow is made of, for nothing (no cycles).
+    with gc_paused(freeze=False):
+        return _reconcile(service, snapshot, source, untrusted, shrink_limit, consume)
+
+
+def _reconcile(
+    service: SyncService,
+    snapshot: Snapshot,
+    source: Source,
+    untrusted: Sequence[str],
+    shrink_limit: float | None,
+    consume: bool,
+) -> AuditReport:
     report = AuditReport(source)
     started = time.perf_counter()
     shadow = build_shadow(snapshot, source, consume=consume)
     report.rejected = shadow.rejected
-    report.listed_instances = shadow.model.instance_count
+    report.listed_instances = len(shadow.instances)
     report.listed_nodes = sum(1 for n in shadow.model.nodes() if not n.placeholder)
     report.timings["shadow"] = time.perf_counter() - started
     live = service.model
@@ -258,7 +334,7 @@ def diff_instances(live: ComputeModel, shadow: Shadow, allow_deletes: bool) -> l
     listing did not read (which the correction would leave alone anyway).
     """
     have = {i.uuid: i for i in live.instances()}  # references only, under a brief lock
-    want_of = shadow.model.instance
+    want_of = shadow.instances.get
     fixes: list[Correction] = []
     for uuid, event in shadow.instance_events.items():
         current = have.get(uuid)
@@ -342,7 +418,8 @@ class _Submitter:
         report = self.report
         counted = self._counted
         for element, kind, uuid, event in fixes:
-            outcome = submit(event)
+            # The shadow read the listing without interning; what enters the model is.
+            outcome = submit(interned(event))
             report.outcomes[outcome.value] += 1
             if outcome is Outcome.CHANGED:
                 if (element, uuid) not in counted:

@@ -73,7 +73,10 @@ DEFAULT_RABBIT_URL = "rabbit://guest:guest@127.0.0.1:5672/"
 BATCH_SIZE = 256
 BATCH_TIMEOUT = 0.1
 LIVE_NOTIFICATIONS = 20_000
-ROUNDS = 3  # drains per contender, alternating: no-op, cdm-sync, cdm-sync, no-op, ...
+# Drains per contender, alternating no-op, cdm-sync, cdm-sync, no-op, ...: an even count puts
+# both contenders at the same mean position, so a drift over the run (later drains are slower
+# for both) favours neither.
+ROUNDS = 4
 DRAIN_TIMEOUT_S = 300.0
 # How often the drain of cdm-sync's listener checks its counters (the no-op one sets an event):
 # rarely enough not to take the GIL from the threads being measured, the error <= 20 ms.

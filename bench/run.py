@@ -836,8 +836,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--live-rounds",
         type=int,
-        default=3,
-        help="RabbitMQ drains per contender (cdm-sync listener, no-op listener; default 3)",
+        default=4,
+        help="RabbitMQ drains per contender (cdm-sync listener, no-op listener; default 4)",
     )
     parser.add_argument(
         "--rabbit-url",

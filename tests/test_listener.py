@@ -77,9 +77,11 @@ class SeenIds:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.threads: set[str] = set()
 
     def _see(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
         self.ids.append(md["message_id"])
+        self.threads.add(threading.current_thread().name)
 
     audit = debug = info = warn = error = critical = sample = _see
 
@@ -200,6 +202,9 @@ def test_recorded_trace_through_rabbitmq_gives_the_replay_model(bus: Bus) -> Non
     )
     # Notification lag is known once notifications came through RabbitMQ (what /metrics shows).
     assert service.stats.lag_seconds is not None and service.stats.last_notification_at is not None
+    # Applied on the driver's poll thread itself, not handed to an executor thread.
+    [thread] = bus.seen[listener].threads
+    assert thread.endswith("(_runner)"), thread
 
 
 def test_nova_samples_published_by_a_notifier_apply_in_arrival_order(bus: Bus) -> None:

@@ -13,13 +13,17 @@ from __future__ import annotations
 import copy
 import json
 import uuid as uuidlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import oslo_messaging
 import pytest
 
-from cdm_sync.model import Instance
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
+from cdm_sync.model import ComputeModel, Instance
+from cdm_sync.sync.service import SyncService
 from tests.conftest import Harness, NovaListing
 from tests.samples import TRACE_DIR, load_sample, sample_names
 
@@ -775,3 +779,47 @@ def test_legacy_superseded_while_versioned_flows(
     harness.deliver(versioned)
     assert harness.deliver(legacy) == []
     assert harness.outcomes("compute.instance.update") == {"superseded": 1}
+
+
+# -- dispatch: routes resolved once per (priority, event type) -----------------------------------
+
+
+def _line_of(event_type: str, publisher_id: str = "nova-compute:compute1") -> dict[str, Any]:
+    return {
+        "priority": "info",
+        "publisher_id": publisher_id,
+        "event_type": event_type,
+        "payload": {},
+        "metadata": {"message_id": str(uuidlib.uuid4())},
+    }
+
+
+def test_many_event_types_are_all_counted_and_the_route_memory_stays_bounded() -> None:
+    service = SyncService(ComputeModel())
+    dispatcher = Dispatcher(make_endpoints(service), service)
+    types = [f"custom{i}.update" for i in range(5000)]
+    for event_type in types + types[:10]:  # some seen twice: the remembered route is reused
+        dispatcher.deliver(_line_of(event_type))
+    outcomes = Counter({t: n for (t, outcome), n in service.stats.by_type.items()})
+    assert outcomes == Counter({t: 2 if t in types[:10] else 1 for t in types})
+    assert len(dispatcher._routes or {}) <= 4096
+
+
+def test_a_filter_on_more_than_the_event_type_is_matched_for_every_notification() -> None:
+    """Routes are remembered only when every filter looks at the event type alone."""
+
+    class FromCompute1:
+        filter_rule = oslo_messaging.NotificationFilter(publisher_id=r"^nova-compute:compute1$")
+
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def info(self, ctxt: Any, publisher_id: str, event_type: str, payload: Any, md: Any):
+            self.seen.append(publisher_id)
+
+    service = SyncService(ComputeModel())
+    endpoint = FromCompute1()
+    dispatcher = Dispatcher([*make_endpoints(service), endpoint], service)
+    for host in ("compute1", "compute2", "compute1"):
+        dispatcher.deliver(_line_of("aggregate.create.end", f"nova-compute:{host}"))
+    assert endpoint.seen == ["nova-compute:compute1"] * 2

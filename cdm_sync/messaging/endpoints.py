@@ -33,6 +33,8 @@ SUPERSEDED = "superseded"
 # oslo.messaging's notification priorities, as endpoint method names.
 _PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 DEFAULT_SUPERSEDE_WINDOW = 300.0
+# How many (priority, event type) pairs the dispatcher and the traffic endpoint remember.
+_ROUTES_REMEMBERED = 4096
 
 # The event types some endpoint of ours handles; everything else is counted as unhandled.
 _HANDLED = re.compile(r"^(instance\.|compute\.instance\.|service\.(create|update|delete)$)")
@@ -59,11 +61,11 @@ class FormatArbiter:
     def saw(self, payload: Any, metadata: Any) -> None:
         if (
             self.window is not None
-            and isinstance(payload, Mapping)
+            and (type(payload) is dict or isinstance(payload, Mapping))
             and "nova_object.name" in payload
         ):
             self._seen_versioned = True
-            if isinstance(metadata, Mapping):
+            if type(metadata) is dict or isinstance(metadata, Mapping):
                 self._last_versioned_raw = metadata.get("timestamp")
 
     def legacy_superseded(self, metadata: Any) -> bool:
@@ -194,12 +196,19 @@ class TrafficEndpoint:
             priority: tuple(h.EVENT_TYPES for h in handlers if hasattr(h, priority))
             for priority in _PRIORITIES
         }
+        self._handled_seen: dict[tuple[str, str], bool] = {}  # bounded as the routes are
 
     def _see(self, priority: str, event_type: Any, payload: Any, metadata: Any) -> None:
         self.arbiter.saw(payload, metadata)
         if type(event_type) is not str:
             self.service.stats.count("(not a string)", UNHANDLED)
-        elif not any(p.match(event_type) for p in self._handled[priority]):
+            return
+        handled = self._handled_seen.get((priority, event_type))
+        if handled is None:
+            handled = any(p.match(event_type) for p in self._handled[priority])
+            if len(self._handled_seen) < _ROUTES_REMEMBERED:
+                self._handled_seen[(priority, event_type)] = handled
+        if not handled:
             self.service.stats.count(event_type, UNHANDLED)
 
     def audit(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any, md: Any) -> None:
@@ -269,6 +278,16 @@ class Dispatcher:
             ]
             for priority in _PRIORITIES
         }
+        # When every filter looks at the event type alone (ours do), which endpoints a
+        # (priority, event type) reaches is resolved once and remembered: the filters' regular
+        # expressions would otherwise run for every notification. Bounded: event types are
+        # untrusted input.
+        by_type_only = all(
+            rule is None or isinstance(rule, EventTypeFilter)
+            for callbacks in self._callbacks.values()
+            for rule, _ in callbacks
+        )
+        self._routes: dict[tuple[str, str], list[Any]] | None = {} if by_type_only else None
 
     def deliver(self, line: Any) -> None:
         service = self.service
@@ -292,9 +311,23 @@ class Dispatcher:
         publisher_id = line.get("publisher_id")
         payload = line.get("payload")
         metadata = line.get("metadata") or {}
-        for rule, method in callbacks:
-            if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload):
-                method(ctxt, publisher_id, event_type, payload, metadata)
+        routes = self._routes
+        if routes is None:
+            for rule, method in callbacks:
+                if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload):
+                    method(ctxt, publisher_id, event_type, payload, metadata)
+            return
+        route = routes.get((priority, event_type))
+        if route is None:
+            route = [
+                method
+                for rule, method in callbacks
+                if rule is None or rule.match(ctxt, publisher_id, event_type, metadata, payload)
+            ]
+            if len(routes) < _ROUTES_REMEMBERED:
+                routes[(priority, event_type)] = route
+        for method in route:
+            method(ctxt, publisher_id, event_type, payload, metadata)
 
 
 def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:

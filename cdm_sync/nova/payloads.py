@@ -112,7 +112,7 @@ def envelope_cause(
 ) -> tuple[Cause, float | None]:
     if metadata is None:
         metadata = {}
-    if not isinstance(metadata, Mapping):
+    if type(metadata) is not dict and not isinstance(metadata, Mapping):
         raise PayloadError(f"metadata is {type(metadata).__name__}, expected an object")
     message_id = metadata.get("message_id")
     if message_id is not None and not isinstance(message_id, str):
@@ -193,21 +193,22 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     name, project_id, user_id, host, node, power_state, task_state = _INSTANCE_STRINGS.read(data)
     if event_type.startswith(_NO_PLACEMENT_PREFIXES):
         host = node = UNKNOWN
+    # Positional (the notification hot path): the fields in InstanceObserved's order.
     return InstanceObserved(
-        uuid=uuid,
-        version=version,
-        cause=cause,
-        name=name,
-        project_id=project_id,
-        user_id=user_id,
-        host=host,
-        node=node,
-        vm_state=vm_state,
-        power_state=power_state,
-        task_state=task_state,
-        flavor=_versioned_flavor(data.get("flavor", UNKNOWN)),
-        locked=opt_bool(data, "locked"),
-        metadata=metadata_field(data),
+        uuid,
+        version,
+        cause,
+        name,
+        project_id,
+        user_id,
+        host,
+        node,
+        vm_state,
+        power_state,
+        task_state,
+        _versioned_flavor(data.get("flavor", UNKNOWN)),
+        opt_bool(data, "locked"),
+        metadata_field(data),
     )
 
 

@@ -150,3 +150,17 @@ def test_a_reader_that_stops_early_is_not_an_error() -> None:
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr and "Broken pipe" not in stderr
+
+
+def test_the_sample_configuration_is_what_the_generator_writes(tmp_path: Path) -> None:
+    """etc/cdm-sync.conf.sample is generated (``tox -e genconfig``): it must list every option
+    with the defaults cdm-sync really runs with (e.g. logs on stderr), so regenerate it when an
+    option changes."""
+    from oslo_config import generator
+
+    out = tmp_path / "cdm-sync.conf.sample"
+    namespaces = ["--namespace", "cdm_sync", "--namespace", "oslo.log"]
+    generator.main([*namespaces, "--output-file", str(out)])
+    sample = Path(__file__).resolve().parents[1] / "etc" / "cdm-sync.conf.sample"
+    assert out.read_text() == sample.read_text()
+    assert "#use_stderr = true" in out.read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from oslo_config import cfg
+from oslo_log import _options as log_options
 from oslo_log import log as logging
 
 from cdm_sync.conf import listener, nova_client, sync
@@ -76,13 +77,25 @@ _GROUPS: dict[str, list[cfg.Opt]] = {
     sync.GROUP: sync.OPTS,
 }
 
+
+def set_defaults() -> None:
+    """cdm-sync's own defaults for oslo.log's options. Applied on import, and by
+    oslo-config-generator before it writes the sample (entry point
+    ``oslo.config.opts.defaults: cdm_sync``), so the sample shows the defaults cdm-sync runs
+    with. Idempotent."""
+    # APScheduler logs every job run at INFO: noise in an operator's log.
+    levels = logging.get_default_log_levels()
+    if "apscheduler=WARN" not in levels:
+        logging.set_defaults(default_log_levels=[*levels, "apscheduler=WARN"])
+    # Logs go to stderr: stdout is for what a command outputs (a dump, a status), which
+    # scripts read. oslo.log has no public setter for this default; its option list does.
+    cfg.set_defaults(log_options.generic_log_opts, use_stderr=True)
+
+
 for _group, _opts in _GROUPS.items():
     CONF.register_opts(_opts, group=_group)
 logging.register_options(CONF)
-# APScheduler logs every job run at INFO: noise in an operator's log.
-logging.set_defaults(default_log_levels=[*logging.get_default_log_levels(), "apscheduler=WARN"])
-# Logs go to stderr: stdout is for what a command outputs (a dump, a status), which scripts read.
-CONF.set_default("use_stderr", True)
+set_defaults()
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:

@@ -420,3 +420,45 @@ def test_readers_always_see_an_integral_model(clock: FakeClock) -> None:
     assert problems == []
     assert reads[0] >= len(readers)
     assert applied > 1000 and model.check_integrity() == []
+
+
+def test_every_proven_field_lands_in_the_element_field_of_the_same_name(
+    model: ComputeModel,
+) -> None:
+    """The merge builds elements by position (the hot path): each event field must end up in
+    the element field of the same name, and an unproven one must keep the previous value."""
+    model.apply(hypervisor(NODE_A, "node-a", "host-a"))
+    fields = {
+        "name": "vm",
+        "project_id": "project",
+        "user_id": "user",
+        "host": "host-a",
+        "node": "node-a",
+        "vm_state": "active",
+        "power_state": "running",
+        "task_state": "spawning",
+        "flavor": TINY,
+        "locked": True,
+        "metadata": {"k": "v"},
+    }
+    model.apply(seen(updated_at=1.0, **fields))
+    element = model.instance(VM)
+    assert element is not None
+    assert {k: getattr(element, k) for k in fields} == fields
+    assert element.compute_node_uuid == NODE_A
+    assert model.preview_new_instance(seen(VM2, updated_at=1.0, **fields)) == element._replace(
+        uuid=VM2
+    )
+    # Each field alone: proven ones change, the others keep what the element had.
+    stamps = iter(range(2, 100))
+    for key in fields:
+        if key in ("host", "node", "flavor"):
+            continue
+        changed = {"locked": False, "metadata": {}}.get(key, f"{fields[key]}-2")
+        model.apply(seen(updated_at=next(stamps), **{key: changed}))
+        after = model.instance(VM)
+        assert after is not None and getattr(after, key) == changed
+        assert {k: getattr(after, k) for k in fields if k != key} == {
+            k: v for k, v in fields.items() if k != key
+        }
+        model.apply(seen(updated_at=next(stamps), **{key: fields[key]}))

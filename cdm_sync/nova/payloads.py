@@ -189,7 +189,7 @@ def parse_versioned_instance(event_type: str, payload: Any, metadata: Any) -> Ev
     version = Version(parse_time(data.get("updated_at"), "updated_at"), timestamp)
     if vm_state == "deleted":
         return InstanceDeleted(uuid, version, cause)
-    # The string fields, checked in one loop (this is the notification hot path).
+    # The string fields, read in one lookup (this is the notification hot path).
     name, project_id, user_id, host, node, power_state, task_state = _INSTANCE_STRINGS.read(data)
     if event_type.startswith(_NO_PLACEMENT_PREFIXES):
         host = node = UNKNOWN

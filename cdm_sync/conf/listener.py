@@ -42,7 +42,8 @@ OPTS = [
         default=256,
         min=1,
         help="Most notifications applied per batch. Batches are received by oslo.messaging's "
-        "batch listener and applied in arrival order by one worker.",
+        "batch listener and applied in arrival order on its poll thread (nothing more is read "
+        "from RabbitMQ while a batch is applied).",
     ),
     cfg.FloatOpt(
         "batch_timeout",

@@ -327,6 +327,17 @@ def test_other_samples_are_counted_unhandled(
     assert harness.outcomes(sample["event_type"]) == {"unhandled": 1}
 
 
+def _line_of(event_type: str, publisher_id: str = "x:y", payload: Any = None) -> dict[str, Any]:
+    """A minimal trace line (no sample behind it): for event types no endpoint handles."""
+    return {
+        "priority": "info",
+        "publisher_id": publisher_id,
+        "event_type": event_type,
+        "payload": payload,
+        "metadata": {"message_id": str(uuidlib.uuid4())},
+    }
+
+
 @pytest.mark.parametrize(
     "event_type", ["aggregate.create.end", "scheduler.select_destinations.end"]
 )
@@ -334,14 +345,7 @@ def test_unknown_event_type_with_odd_payload_never_raises(
     event_type: str, harness: Harness
 ) -> None:
     for payload in (None, "text", [], {"nova_object.name": "Mystery", "nova_object.data": {}}):
-        line = {
-            "priority": "info",
-            "publisher_id": "x:y",
-            "event_type": event_type,
-            "payload": payload,
-            "metadata": {"message_id": str(uuidlib.uuid4())},
-        }
-        assert harness.deliver(line) == []
+        assert harness.deliver(_line_of(event_type, payload=payload)) == []
     assert harness.outcomes(event_type) == {"unhandled": 4}
 
 
@@ -782,16 +786,6 @@ def test_legacy_superseded_while_versioned_flows(
 
 
 # -- dispatch: routes resolved once per (priority, event type) -----------------------------------
-
-
-def _line_of(event_type: str, publisher_id: str = "nova-compute:compute1") -> dict[str, Any]:
-    return {
-        "priority": "info",
-        "publisher_id": publisher_id,
-        "event_type": event_type,
-        "payload": {},
-        "metadata": {"message_id": str(uuidlib.uuid4())},
-    }
 
 
 def test_many_event_types_are_all_counted_and_the_route_memory_stays_bounded() -> None:

@@ -61,6 +61,7 @@ from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
 from cdm_sync.nova.snapshot import Snapshot, read_snapshot
+from cdm_sync.runtime import settle_heap
 from cdm_sync.sync.engine import RunReport, SyncEngine
 from cdm_sync.sync.ports import Listing, ListingError, Progress
 from cdm_sync.sync.replay import bootstrap
@@ -207,6 +208,33 @@ def _thread_cpu_since(before: dict[int, tuple[str, float]]) -> dict[str, float]:
         for tid, (name, cpu) in after.items()
     }
     return dict(sorted(((k, v) for k, v in used.items() if v >= 0.01), key=lambda kv: -kv[1]))
+
+
+class _GcTime:
+    """CPU time the cyclic collector takes inside the block (thread CPU time: a shared VM's
+    stolen time is not counted), and its full collections."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.longest = 0.0  # the longest single collection: a pause for everything in the process
+        self.full = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.thread_time()
+            return
+        took = time.thread_time() - self._started
+        self.seconds += took
+        self.longest = max(self.longest, took)
+        self.full += info["generation"] == 2
+
+    def __enter__(self) -> _GcTime:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
 
 
 class _NoOpBatchEndpoint:
@@ -381,37 +409,43 @@ class _Contender:
             server.stop()
             server.wait()
 
-    def drain(self, n: int) -> tuple[dict[str, float], dict[str, float]]:
+    def drain(self, n: int) -> tuple[dict[str, float], dict[str, float], _GcTime]:
         """Start consuming and time until all ``n`` queued notifications were handled.
 
-        Returns the wall and CPU time, and the CPU time of each busy thread.
+        Returns the wall and CPU time, the CPU time of each busy thread, and the collector's
+        share. Every drain starts from a settled heap, as a service's listener does after a
+        full audit (``cdm_sync.runtime.settle_heap``): what earlier drains left in the
+        collector's view does not slow later ones down, whichever kind they are.
         """
+        settle_heap()
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         threads = _thread_cpu()
         if self.listener is None:
             self.noop.expect(n)
             server = self._noop_server()
-            start = _clock()
-            server.start()
-            if not self.noop.done.wait(DRAIN_TIMEOUT_S):
-                raise RuntimeError(f"no-op listener drained {self.noop.count} of {n}")
-            took = _elapsed(start)
+            with _GcTime() as in_gc:
+                start = _clock()
+                server.start()
+                if not self.noop.done.wait(DRAIN_TIMEOUT_S):
+                    raise RuntimeError(f"no-op listener drained {self.noop.count} of {n}")
+                took = _elapsed(start)
             per_thread = _thread_cpu_since(threads)
             server.stop()
             server.wait()
-            return took, per_thread
+            return took, per_thread, in_gc
         listener = self.listener
         target = listener.stats.applied + n
-        start = _clock()
-        listener.start()
-        while listener.stats.applied < target:  # the model has applied them all
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"listener applied {listener.stats.applied} of {target}")
-            time.sleep(POLL_INTERVAL)
-        took = _elapsed(start)
+        with _GcTime() as in_gc:
+            start = _clock()
+            listener.start()
+            while listener.stats.applied < target:  # the model has applied them all
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"listener applied {listener.stats.applied} of {target}")
+                time.sleep(POLL_INTERVAL)
+            took = _elapsed(start)
         per_thread = _thread_cpu_since(threads)
         listener.stop()
-        return took, per_thread
+        return took, per_thread, in_gc
 
     def stop(self) -> None:
         if self.listener is not None:
@@ -479,8 +513,13 @@ def rabbit_part(
         drains = []
         for contender in order:
             before = Counter(contender.service.stats.by_type) if contender.service else None
-            took, per_thread = contender.drain(notifications)
-            drain: dict[str, Any] = {"kind": contender.kind, "took": took, "threads": per_thread}
+            took, per_thread, in_gc = contender.drain(notifications)
+            drain: dict[str, Any] = {
+                "kind": contender.kind,
+                "took": took,
+                "threads": per_thread,
+                "gc": {"seconds": in_gc.seconds, "longest": in_gc.longest, "full": in_gc.full},
+            }
             if contender.service is not None:
                 drain["outcomes"] = _outcomes(before or Counter(), contender.service.stats.by_type)
                 drain["listener"] = {
@@ -811,7 +850,11 @@ def audit_part(path: Path, size: Size, seed: int, profile: bool, top: int) -> di
 
     collector.listings += [listing(items), listing(drifted)]
     del drifted
+    # Out of the collector's view, as a service holds no listing but the one being audited:
+    # the engine's heap settling after each audit (cdm_sync.runtime) would otherwise scan the
+    # listings still waiting here, millions of objects a real audit does not have.
     gc.collect()
+    gc.freeze()
     runs = []
     for name in ("no drift", f"drift {DRIFT_SHARE:.1%}"):
         start = _clock()
@@ -1021,9 +1064,11 @@ def details(result: dict[str, Any]) -> str:
         )
         for d in result["drains"]:
             threads = ", ".join(f"{k} {v:.2f}" for k, v in list(d["threads"].items())[:4])
+            in_gc = d["gc"]
             line = (
-                f"  - {d['kind']}: {n / d['took']['wall']:,.0f}/s ({_secs(d['took'])} s; "
-                f"CPU s by thread: {threads})"
+                f"  - {d['kind']}: {n / d['took']['wall']:,.0f}/s ({_secs(d['took'])} s; GC CPU "
+                f"{in_gc['seconds']:.2f} s in all, {in_gc['full']} full collections, longest "
+                f"{in_gc['longest'] * 1000:.0f} ms; CPU s by thread: {threads})"
             )
             if "outcomes" in d:
                 outcomes = ", ".join(f"{k} {v:,}" for k, v in sorted(d["outcomes"].items()))

@@ -9,8 +9,10 @@ uses. No class of ours is mocked.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,7 +24,12 @@ from cdm_sync.conf import sync as sync_conf
 from cdm_sync.messaging.endpoints import Dispatcher
 from cdm_sync.nova.fields import parse_time
 from cdm_sync.nova.snapshot import read_snapshot
-from cdm_sync.sync.engine import EngineState, SyncEngine, engine_from_conf
+from cdm_sync.sync.engine import (
+    DEEP_SETTLE_INTERVAL,
+    EngineState,
+    SyncEngine,
+    engine_from_conf,
+)
 from cdm_sync.sync.ports import Listing, ListingError, Progress
 from tests.conftest import Harness, NovaListing
 from tests.samples import TRACE_DIR, load_sample
@@ -428,6 +435,44 @@ def test_resync_reports_corrections_with_their_cause(harness: Harness) -> None:
     assert status["counters"]["resyncs"] == 1
     assert status["drift"] == {"missing": 1, "ghost": 1, "stale_field": 1}
     assert status["drift_by_element"]["instance"]["ghost"] == 1
+
+
+def _in_collectors_view(obj: object) -> bool:
+    """True unless ``obj`` is frozen (gc.get_objects lists the three generations only)."""
+    assert gc.is_tracked(obj)
+    return any(o is obj for o in gc.get_objects())
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_full_audit_settles_the_heap(harness: Harness) -> None:
+    """After a full audit the model, corrections included, is out of the cyclic collector's
+    view; a cycle that became garbage while frozen is freed by the daily deep pass."""
+    later = make_cloud(captured_at=CAPTURED_2)
+    stop(later, 0)
+    answers = [answer(make_cloud()), answer(later), answer(later)]
+    engine = engine_for(harness, ScriptedCollector(answers))
+    engine.bootstrap()
+    assert not _in_collectors_view(harness.model.instance(server_uuid(1)))
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+    gc.freeze()
+    del cycle
+    before = harness.model.instance(server_uuid(0))
+    assert before is not None
+
+    engine.full_audit()
+
+    corrected = harness.model.instance(server_uuid(0))
+    assert corrected is not before and corrected.vm_state == "stopped"
+    assert not _in_collectors_view(corrected)
+    assert gone() is not None  # the plain pass leaves what is frozen alone...
+    harness.clock.advance(DEEP_SETTLE_INTERVAL)
+    engine.full_audit()
+    assert gone() is None  # ...the deep one, a day after the last, frees it
 
 
 def test_resync_before_any_sync_bootstraps(harness: Harness) -> None:

@@ -53,6 +53,7 @@ from cdm_sync.model import (
     ServiceObserved,
 )
 from cdm_sync.nova.snapshot import Translation, snapshot_events
+from cdm_sync.runtime import settle_heap
 from cdm_sync.sync import replay
 from cdm_sync.sync.audit import (
     COMPUTE_NODE,
@@ -71,6 +72,9 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_CHEAP_INTERVAL = 60.0
 DEFAULT_FULL_INTERVAL = 3600.0
+# How often a full audit's heap settling is deep (see cdm_sync.runtime.settle_heap): the deep
+# pass reclaims cycles that died while frozen, a slow trickle, so once a day is enough.
+DEEP_SETTLE_INTERVAL = 86400.0
 # A compute node first heard of in a notification (service.create, an instance on an unknown
 # host) is a placeholder until Nova's hypervisor listing gives its uuid and capacity. Nova
 # creates the node record a moment after the service, so the refresh waits, then retries with
@@ -204,6 +208,7 @@ class SyncEngine:
         self._reason: str | None = "no sync yet"
         self._degraded_by: str | None = None
         self._high_water: float | None = None
+        self._deep_settled_at: float | None = None  # clock time of the last deep settle_heap
         self._last_full: RunReport | None = None
         self._last_cheap: RunReport | None = None
         self._drift: Counter[tuple[str, str]] = Counter()
@@ -346,6 +351,8 @@ class SyncEngine:
         else:
             self._degraded_by = None
             self._set_state(EngineState.READY)
+        del listing
+        self._settle_heap()
         return self._finish(report, started)
 
     def _apply_bootstrap(self, listing: Listing, report: RunReport) -> list[str]:
@@ -439,7 +446,19 @@ class SyncEngine:
             self._degrade(_BY_FULL, f"full audit: {audit.deletes_skipped}")
         else:
             self._recovered(_BY_FULL)
+        del listing, audit
+        self._settle_heap()
         return self._finish(report, started)
+
+    def _settle_heap(self) -> None:
+        """After a bootstrap or full audit: take what notifications replaced since the last
+        one, and what the listing left behind, out of the cyclic collector's view (see
+        :mod:`cdm_sync.runtime`); deep at the first call and then once a day."""
+        now = self._clock()
+        deep = self._deep_settled_at is None or now - self._deep_settled_at >= DEEP_SETTLE_INTERVAL
+        settle_heap(deep=deep)
+        if deep:
+            self._deep_settled_at = now
 
     @staticmethod
     def _take_audit(report: RunReport, audit: AuditReport) -> None:

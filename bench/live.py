@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pstats
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -1132,6 +1133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args(argv)
+    # Stopped by SIGTERM (a timeout, say), still delete this run's queues: their messages would
+    # otherwise stay in RabbitMQ (hundreds of MB at the default sizes).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     size = SIZES[args.size]
     if args.part == "rabbit":
         result = rabbit_part(

@@ -31,10 +31,11 @@ LOG = logging.getLogger(__name__)
 def gc_paused(*, freeze: bool = True) -> Iterator[None]:
     """Pause the cyclic collector for the block (reference counting still frees memory).
 
-    With ``freeze``, objects created in the block are moved out of the collector's view on
-    leaving (``gc.freeze``), so later collections do not rescan a long-lived model either; a
-    block whose objects are thrown away soon (an audit's shadow model) passes ``freeze=False``
-    so they stay collectable.
+    With ``freeze``, every object alive on leaving, those created in the block included, is
+    moved out of the collector's view (``gc.freeze``, without collecting first: cheap after a
+    bulk load), so later collections do not rescan a long-lived model either; a block whose
+    objects are thrown away soon (an audit's shadow model) passes ``freeze=False`` so they stay
+    collectable. :func:`settle_heap` is the variant that collects before freezing.
     """
     was_enabled = gc.isenabled()
     gc.disable()

@@ -76,7 +76,13 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         status = service_status(self.service, self.engine.status)
-        status["listener"] = {"held": self.listener.held, "running": self.listener.running}
+        listener = self.listener
+        status["listener"] = {
+            "held": listener.held,
+            "running": listener.running,
+            "receiver_pid": listener.receiver_pid,
+            "receiver_restarts": listener.stats.restarts,
+        }
         status["resync"] = self.resync_progress.to_dict()
         return status
 

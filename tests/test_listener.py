@@ -14,7 +14,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import logging
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import uuid
@@ -33,7 +38,12 @@ from oslo_messaging.notify.messaging import MessagingV2Driver
 import cdm_sync.conf
 from cdm_sync.conf import listener as listener_conf
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
-from cdm_sync.messaging.listener import NotificationListener, listener_from_conf
+from cdm_sync.messaging.listener import (
+    APPLY_THREAD,
+    NotificationListener,
+    ReceiverFailed,
+    listener_from_conf,
+)
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.snapshot import read_snapshot
 from cdm_sync.sync.replay import ReplayResult, bootstrap, replay
@@ -117,7 +127,7 @@ class Bus:
         """A listener on this test's topic and exchange, applying to ``service``."""
         seen = SeenIds()
         listener = NotificationListener(
-            self.transport,
+            self.url,
             Dispatcher([*make_endpoints(service), seen], service),
             topics=kwargs.pop("topics", [self.topic]),
             exchange=self.exchange,
@@ -202,9 +212,8 @@ def test_recorded_trace_through_rabbitmq_gives_the_replay_model(bus: Bus) -> Non
     )
     # Notification lag is known once notifications came through RabbitMQ (what /metrics shows).
     assert service.stats.lag_seconds is not None and service.stats.last_notification_at is not None
-    # Applied on the driver's poll thread itself, not handed to an executor thread.
-    [thread] = bus.seen[listener].threads
-    assert thread.endswith("(_runner)"), thread
+    # Applied by the listener's one applying thread (the receiving process only forwards).
+    assert bus.seen[listener].threads == {APPLY_THREAD}
 
 
 def test_nova_samples_published_by_a_notifier_apply_in_arrival_order(bus: Bus) -> None:
@@ -377,8 +386,9 @@ def test_closed_connections_mid_stream_lose_nothing(bus: Bus) -> None:
         wait_for(lambda: listener.stats.received > 0 and bus.queue(pool)[0] == 0)
         assert listener.stats.applied < 60
 
-        closed = close_rabbit_connections(f":{os.getpid()}:", "cdm-sync listener test")
-        assert closed >= 2  # the listener's and the notifier's
+        closed = close_rabbit_connections(f":{listener.receiver_pid}:", "cdm-sync listener test")
+        closed += close_rabbit_connections(f":{os.getpid()}:", "cdm-sync listener test")
+        assert closed >= 2  # the receiver's and the notifier's
     finally:
         sink_free.set()
     for line in lines[60:]:  # the notifier reconnects as well
@@ -560,3 +570,105 @@ def test_listener_from_configuration_with_versioned_and_legacy_topics(
     expected = reference("trace-both.jsonl", "both")
     assert service.model.to_dict() == expected.model.to_dict()
     assert service.stats.by_type == expected.service.stats.by_type
+
+
+def test_a_receiver_that_dies_is_replaced_and_nothing_is_lost(bus: Bus) -> None:
+    """The receiving process is killed (SIGKILL: no goodbye) with batches forwarded but not
+    yet answered; the listener starts another, RabbitMQ delivers the unacknowledged messages
+    again, and the model ends as the in-order replay."""
+    lines = trace()
+    service = bootstrapped()
+    sink_free = threading.Event()
+    service.add_publisher(lambda records: sink_free.wait(30))  # holds the first batch
+    pool = bus.pool()
+    listener = bus.listener(service, pool=pool, batch_size=4)
+    listener.start()
+    first = listener.receiver_pid
+    try:
+        for line in lines[:60]:
+            bus.send(line)
+        wait_for(lambda: listener.stats.received > 0 and bus.queue(pool)[0] == 0)
+        os.kill(first, signal.SIGKILL)
+    finally:
+        sink_free.set()
+    wait_for(lambda: listener.receiver_pid not in (None, first), what="a new receiver")
+    assert listener.stats.restarts == 1
+    for line in lines[60:]:
+        bus.send(line)
+
+    sent = {line["metadata"]["message_id"] for line in lines}
+    seen = bus.seen[listener].ids
+    wait_for(lambda: set(seen) >= sent, timeout=40, what="every message, from the new receiver")
+    wait_for(lambda: listener.stats.applied == len(seen))
+    assert service.model.to_dict() == reference().model.to_dict()
+    assert changed(service) == changed(reference().service)
+    assert len(seen) > len(sent)  # what the killed receiver held came again
+
+
+def test_a_receiver_stops_when_the_service_is_killed(bus: Bus) -> None:
+    """The service process dies (SIGKILL) without stopping its listener: its end of the
+    socket closes, and the receiver stops consuming and exits by itself (no orphan left
+    holding messages of the pool)."""
+    pool = bus.pool()
+    service_script = textwrap.dedent(
+        f"""
+        import time
+        from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
+        from cdm_sync.messaging.listener import NotificationListener
+        from cdm_sync.model import ComputeModel
+        from cdm_sync.sync.service import SyncService
+
+        service = SyncService(ComputeModel())
+        listener = NotificationListener(
+            {bus.url!r}, Dispatcher(make_endpoints(service), service),
+            topics=[{bus.topic!r}], exchange={bus.exchange!r}, pool={pool!r},
+        )
+        listener.start()
+        print(listener.receiver_pid, flush=True)
+        time.sleep(120)
+        """
+    )
+    service = subprocess.Popen(
+        [sys.executable, "-c", service_script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert service.stdout is not None
+        receiver_pid = int(service.stdout.readline())
+        wait_for(lambda: bus.queue(pool)[1] == 1, what="the receiver consuming")
+        service.kill()
+        service.wait(10)
+
+        def gone() -> bool:
+            try:
+                return Path(f"/proc/{receiver_pid}/stat").read_text().split(") ")[1][0] == "Z"
+            except FileNotFoundError:
+                return True
+
+        wait_for(gone, what="the orphaned receiver to exit")
+        wait_for(lambda: bus.queue(pool)[1] == 0, what="no consumer left on the pool queue")
+    finally:
+        service.kill()
+
+
+def test_bad_transport_fails_start_clearly_and_logs_no_password(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = SyncService(ComputeModel())
+    listener = NotificationListener(
+        "nosuchdriver://cdm:s3cret-pw@127.0.0.1:5672/",
+        Dispatcher(make_endpoints(service), service),
+        pool=bus.pool(),
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(ReceiverFailed) as failed:
+        listener.start()
+    assert "nosuchdriver" in str(failed.value)
+    assert not listener.running and listener.receiver_pid is None
+    # The receiver's own log record came through this process's logging.
+    assert any(r.processName == "cdm-sync-receiver" for r in caplog.records)
+    assert "s3cret-pw" not in str(failed.value) + caplog.text
+
+
+def test_a_transport_object_is_refused(bus: Bus) -> None:
+    with pytest.raises(TypeError, match="transport URL"):
+        service = SyncService(ComputeModel())
+        NotificationListener(bus.transport, Dispatcher([], service), pool=bus.pool())

@@ -194,8 +194,13 @@ def test_serve_bootstraps_listens_resyncs_and_stops_cleanly(
     assert 'cdm_sync_model_state{state="READY"} 1.0' in metrics
     assert 'cdm_sync_drift_total{kind="missing"} 1.0' in metrics
 
-    revision = serve.status()["revision"]
+    running = serve.status()
+    revision, receiver_pid = running["revision"], running["listener"]["receiver_pid"]
+    cmdline = Path(f"/proc/{receiver_pid}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:3] == [b"-m", b"cdm_sync.messaging.receiver"]
+    assert running["listener"]["receiver_restarts"] == 0
     assert serve.stop() == 0
+    assert not Path(f"/proc/{receiver_pid}").exists()  # stopped with serve, and reaped
     final = read_dump(serve.dump)
     assert final is not None and final["revision"] == revision
     log = serve.log.read_text()

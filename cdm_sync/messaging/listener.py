@@ -6,18 +6,23 @@ Why it is built the way it is:
   its poll thread to a worker, and that hand-off is the bottleneck; its batch server
   (:class:`oslo_messaging.notify.listener.BatchNotificationServer`, what
   ``get_batch_notification_listener`` builds) gets close to the rate the broker delivers at.
-- **Applied on the poll thread.** The batch server would still hand each batch to an executor
-  thread. In CPython the two threads only take turns (the GIL): the poll thread, which does
-  most of the work (AMQP framing, JSON), is made to wait while a batch is applied, and every
-  acknowledgement the worker writes hands the lock back and forth. The listener applies each
-  batch on the poll thread itself (:class:`_InlineBatchServer`): no hand-off, no contention,
-  batches strictly in the order received, and a natural back-pressure (nothing is read from
-  RabbitMQ while a batch is being applied; unread messages wait in the queue, unacknowledged
-  ones are prefetch-bounded). Measured with ``python -m bench.run``: see the benchmarks doc.
+- **Received in a process of its own.** oslo.messaging's poll thread is busy for a few hundred
+  microseconds of Python per message; in this process it would take turns with the thread
+  applying notifications (the GIL), and with the collector's passes over a large model. The
+  batch server therefore runs in a receiving process (:mod:`cdm_sync.messaging.receiver`,
+  ``python -m cdm_sync.messaging.receiver``, started and stopped by this listener), which
+  forwards each batch, as trace lines in arrival order, over a socket pair; one thread here
+  (``cdm-sync-notifications``) applies the batches one after another, strictly in the order
+  received, and answers each, and only then does the receiver acknowledge its messages to
+  RabbitMQ. At most a few batches are unanswered at a time: a slow model holds messages back in
+  RabbitMQ. If the receiver dies, the listener logs it, starts another (with a backoff), and
+  RabbitMQ delivers again what was not acknowledged; if this process dies, the receiver sees
+  its socket close and stops. Its log records come back here and go through this process's
+  logging (oslo.log). Measured with ``python -m bench.run``: see the benchmarks doc.
 - **Arrival order.** The stock batch dispatcher sorts a batch by priority before calling the
   endpoints, which would apply an ``instance.create.error`` (ERROR) before the ``instance.update``
-  (INFO) sent ahead of it. The listener therefore builds the batch server with its own
-  dispatcher, which hands every message of a batch, in arrival order, to the same
+  (INFO) sent ahead of it. The receiver therefore forwards batches as they arrived, and every
+  message is handed, in that order, to the same
   :class:`~cdm_sync.messaging.endpoints.Dispatcher` that ``cdm-sync replay`` uses (one path for
   live and replayed notifications).
 - **A pool.** With the rabbit driver the pool name is the name of one queue bound to every
@@ -26,15 +31,16 @@ Why it is built the way it is:
   order RabbitMQ queued them, whatever their topic or priority.
 - **Failures.** Malformed notifications are rejected and counted by the endpoints and never
   reach here as exceptions. Anything else raised while applying (a bug) requeues that message
-  (``NotificationResult.REQUEUE`` semantics: the batch server requeues exactly the messages the
-  dispatcher returns and acknowledges the rest) after a short backoff; a message that keeps
+  (``NotificationResult.REQUEUE`` semantics: the answer to a batch names exactly the messages
+  the receiver requeues; it acknowledges the rest) after a short backoff; a message that keeps
   failing is dropped after ``max_redeliveries`` with an error in the log, so one poison message
   cannot stall the feed forever (the audits repair what it would have changed). A requeued
   message comes back after those already received, so it is applied out of order: versions
   decide what wins (an older observation is ignored as stale).
-- **Reconnection** is oslo.messaging's and kombu's: the poll thread reconnects and re-declares
-  the pool queue, and messages that were not acknowledged on the lost connection are delivered
-  again. Nothing here holds a connection or catches the driver's errors.
+- **Reconnection** is oslo.messaging's and kombu's, in the receiver: its poll thread reconnects
+  and re-declares the pool queue, and messages that were not acknowledged on the lost
+  connection are delivered again. Nothing here holds a connection or catches the driver's
+  errors.
 - **The gap-free bootstrap** (:class:`~cdm_sync.sync.ports.NotificationGate`): ``hold()`` makes
   the listener buffer what it receives (acknowledged, in order) while the engine lists Nova and
   loads the model; ``release()`` applies the buffer through the normal path, then goes back to
@@ -47,19 +53,25 @@ from __future__ import annotations
 
 import collections
 import logging
+import marshal
+import os
+import pickle
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 import oslo_messaging
 from oslo_config import cfg
-from oslo_messaging.dispatcher import DispatcherBase
-from oslo_messaging.notify.dispatcher import PRIORITIES
-from oslo_messaging.notify.listener import BatchNotificationServer
 
 from cdm_sync.conf import listener as listener_conf
+from cdm_sync.messaging import receiver
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.sync.service import SyncService
 
@@ -70,18 +82,27 @@ DEFAULT_POOL = "cdm-sync"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_BATCH_TIMEOUT = 0.1
 DEFAULT_MAX_REDELIVERIES = 5
+# Batches the receiver may have forwarded without an answer: enough to keep it busy while
+# one is applied, few enough that a slow model holds messages back in RabbitMQ.
+DEFAULT_MAX_INFLIGHT = 4
 # First backoff before a failed message is requeued; doubled per attempt, capped.
 DEFAULT_REQUEUE_DELAY = 0.1
 MAX_REQUEUE_DELAY = 5.0
+# Backoff before a receiver that died is replaced; doubled per failed start, capped.
+RESTART_DELAY = 1.0
+MAX_RESTART_DELAY = 30.0
+# How long stop() waits for the receiver to hand over and acknowledge what it holds.
+STOP_TIMEOUT = 30.0
 # How many failing message ids are remembered for the redelivery bound.
 _ATTEMPTS_REMEMBERED = 1024
+APPLY_THREAD = "cdm-sync-notifications"
 
 
 @dataclass
 class ListenerStats:
     """What the listener did (the model's outcomes are in ``SyncService.stats``).
 
-    Written by the poll thread (and by ``release()``), under the listener's lock;
+    Written by the applying thread (and by ``release()``), under the listener's lock;
     plain reads from other threads are fine for monitoring.
     """
 
@@ -93,58 +114,17 @@ class ListenerStats:
     failures: int = 0  # unexpected exceptions while applying
     requeued: int = 0  # messages given back to RabbitMQ after a failure
     dropped: int = 0  # messages given up on after max_redeliveries (or failing in release)
+    restarts: int = 0  # receiving processes replaced after dying
     last_batch_at: float | None = None  # POSIX time the last batch was received
     # Notification lag is measured where notifications are applied: SyncService.stats.
 
 
-class _InlineBatchServer(BatchNotificationServer):
-    """oslo.messaging's batch notification server, applying each batch on the thread that
-    polled it instead of submitting it to the executor (see the module docstring). The
-    executor is still made by ``start()`` and shut down by ``wait()``; it is given nothing.
-
-    ``_on_incoming`` is the server's (undocumented) hand-off hook: should a later oslo.messaging
-    rename it, batches would go to the one-worker executor again, still in order, only slower
-    (``tests/test_listener.py`` checks which thread applies them)."""
-
-    def _on_incoming(self, incoming: Sequence[Any]) -> None:
-        self._process_incoming(incoming)
+class ListenerStopped(RuntimeError):
+    """stop() was called while start() was still waiting for the receiver."""
 
 
-class _InOrderDispatcher(DispatcherBase):
-    """oslo.messaging's dispatcher interface for the batch server, handing batches to the
-    listener as they arrived. Bound to every priority: the traffic endpoint counts everything."""
-
-    def __init__(self, on_batch: Any) -> None:
-        self._on_batch = on_batch
-
-    @property
-    def supported_priorities(self) -> Sequence[str]:
-        return PRIORITIES
-
-    def dispatch(self, incoming: Sequence[Any]) -> set[Any]:
-        """Returns the messages to requeue; the server acknowledges the others."""
-        return self._on_batch(incoming)
-
-
-def _line(incoming: Any) -> Any:
-    """One received message as a trace line (FORMATS.md §2), as oslo's dispatcher builds it.
-
-    ``ctxt`` is passed through untouched (it may carry a token: it is never logged).
-    """
-    message = incoming.message  # the rabbit driver's RabbitMessage, a dict subclass
-    if not isinstance(message, dict):
-        return message  # the Dispatcher rejects and counts it
-    return {
-        "priority": message.get("priority"),
-        "publisher_id": message.get("publisher_id"),
-        "event_type": message.get("event_type"),
-        "payload": message.get("payload"),
-        "metadata": {
-            "message_id": message.get("message_id"),
-            "timestamp": message.get("timestamp"),
-        },
-        "ctxt": incoming.ctxt,
-    }
+class ReceiverFailed(RuntimeError):
+    """The receiving process could not start (its reason, as it logged it)."""
 
 
 def _describe(line: Any) -> tuple[str, Any]:
@@ -157,19 +137,103 @@ def _describe(line: Any) -> tuple[str, Any]:
     return (event_type if isinstance(event_type, str) else "(not a string)"), message_id
 
 
+def _relog(body: bytes) -> None:
+    """Log a record the receiver sent through this process's handlers."""
+    record = logging.makeLogRecord(receiver.decode(body))
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+class _Receiver:
+    """The receiving process as the listener sees it: the process and its end of the socket."""
+
+    def __init__(self, spec: receiver.ReceiverSpec, stopping: threading.Event) -> None:
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cdm_sync.messaging.receiver", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        # The socket object is kept for shutdown(): closing a descriptor does not wake a
+        # thread blocked reading it, nor tell the receiver, while shutting the socket down does.
+        self._socket = ours
+        self.conn = Connection(os.dup(ours.fileno()))
+        self._send_lock = threading.Lock()
+        try:
+            self.send(pickle.dumps(spec))
+            self._wait_ready(stopping)
+        except BaseException:
+            self.close(0.0)
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def _wait_ready(self, stopping: threading.Event) -> None:
+        while True:
+            if stopping.is_set():
+                raise ListenerStopped("the listener was stopped while it was starting")
+            if not self.conn.poll(0.5):
+                continue  # oslo.messaging retries an unreachable broker inside start()
+            try:
+                frame = self.conn.recv_bytes()
+            except (EOFError, OSError):
+                code = self.process.wait(5)
+                raise ReceiverFailed(
+                    f"the receiver exited with code {code} while starting"
+                ) from None
+            tag = frame[:1]
+            if tag == receiver.READY:
+                return
+            if tag == receiver.LOG_RECORD:
+                _relog(frame[1:])
+            elif tag == receiver.START_FAILED:
+                raise ReceiverFailed(frame[1:].decode(errors="replace"))
+
+    def send(self, frame: bytes) -> bool:
+        """False when the receiver is gone (its end of the socket is closed)."""
+        with self._send_lock:
+            try:
+                self.conn.send_bytes(frame)
+            except OSError:
+                return False
+        return True
+
+    def disconnect(self) -> None:
+        """Shut our end down: a read blocked on it returns, and the receiver stops."""
+        with suppress(OSError):
+            self._socket.shutdown(socket.SHUT_RDWR)
+
+    def close(self, timeout: float) -> int | None:
+        """Disconnect, then reap the receiver (killing it after ``timeout`` seconds)."""
+        self.disconnect()
+        self.conn.close()
+        self._socket.close()
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            LOG.warning("The notification receiver (pid %d) did not exit; killing it", self.pid)
+            self.process.kill()
+            return self.process.wait()
+
+
 class NotificationListener:
     """Consumes notifications from RabbitMQ into a :class:`Dispatcher`; a NotificationGate.
 
-    ``transport``: an oslo.messaging notification transport (the caller keeps it and cleans
-    it up), or a transport URL (``rabbit://user:pass@host:5672/``) or None (the notification
-    transport configured in ``conf``), in which case the listener makes its own transport on
-    :meth:`start` and cleans it up on :meth:`stop`. ``exchange`` None is the transport's
-    ``control_exchange``; Nova publishes to ``nova``.
+    ``transport``: a transport URL (``rabbit://user:pass@host:5672/``, a string or an
+    ``oslo_messaging.TransportURL``) or None for the notification transport configured in
+    ``conf``. The receiving process builds its own transport from it and from ``conf``'s
+    oslo.messaging options (``[oslo_messaging_rabbit]`` and the rest), so a ``Transport``
+    object, which cannot cross a process boundary, is refused. ``exchange`` None is the
+    transport's ``control_exchange``; Nova publishes to ``nova``.
     """
 
     def __init__(
         self,
-        transport: oslo_messaging.Transport | oslo_messaging.TransportURL | str | None,
+        transport: oslo_messaging.TransportURL | str | None,
         dispatcher: Dispatcher,
         *,
         topics: Iterable[str] = DEFAULT_TOPICS,
@@ -179,6 +243,7 @@ class NotificationListener:
         batch_timeout: float = DEFAULT_BATCH_TIMEOUT,
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         requeue_delay: float = DEFAULT_REQUEUE_DELAY,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
         conf: cfg.ConfigOpts | None = None,
     ) -> None:
         self.topics = tuple(topics)
@@ -191,7 +256,15 @@ class NotificationListener:
         if batch_size < 1 or batch_timeout <= 0:
             # oslo.messaging treats a zero timeout as "wait until the batch is full".
             raise ValueError("batch_size must be >= 1 and batch_timeout > 0")
-        self._transport_arg = transport
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        if transport is not None and not isinstance(transport, str | oslo_messaging.TransportURL):
+            raise TypeError(
+                "pass a transport URL (or None and conf), not a "
+                f"{type(transport).__name__}: notifications are received in a process of its "
+                "own, which builds its own transport"
+            )
+        self._url = None if transport is None else str(transport)
         self._conf = conf
         self.dispatcher = dispatcher
         self.exchange = exchange
@@ -200,84 +273,160 @@ class NotificationListener:
         self.batch_timeout = batch_timeout
         self.max_redeliveries = max_redeliveries
         self.requeue_delay = requeue_delay
+        self.max_inflight = max_inflight
         self.stats = ListenerStats()
-        # Held by the poll thread for a whole batch and by hold()/release(): no batch is applied
-        # while the buffer is being drained, so the buffer always comes first.
+        # Held by the applying thread for a whole batch and by hold()/release(): no batch is
+        # applied while the buffer is being drained, so the buffer always comes first.
         self._lock = threading.Lock()
         self._held = False
         self._buffer: list[Any] = []
         self._attempts: collections.OrderedDict[Any, int] = collections.OrderedDict()
         self._stopping = threading.Event()
-        self._server: BatchNotificationServer | None = None
-        self._transport: oslo_messaging.Transport | None = None
-        self._owns_transport = False
+        # Guards _thread against a stop() racing a start() (the daemon starts on a thread).
+        self._state_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._receiver: _Receiver | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return self._thread is not None
 
-    def start(self) -> None:
-        """Declare the pool queue and its bindings, then consume.
+    @property
+    def receiver_pid(self) -> int | None:
+        """The receiving process's pid while running (its RabbitMQ connections carry it)."""
+        current = self._receiver
+        return current.pid if current is not None else None
 
-        When this returns, every notification published from now on reaches the queue (and
-        the model, or the buffer while held). Blocks while RabbitMQ cannot be reached (the
-        driver retries and logs).
-        """
-        if self._server is not None:
-            return
-        transport = self._transport_arg
-        if transport is None or isinstance(transport, str | oslo_messaging.TransportURL):
-            conf = self._conf if self._conf is not None else cfg.ConfigOpts()
-            transport = oslo_messaging.get_notification_transport(conf, url=transport)
-            self._owns_transport = True
-        self._transport = transport
-        targets = [oslo_messaging.Target(topic=t, exchange=self.exchange) for t in self.topics]
-        self._stopping.clear()
-        server = _InlineBatchServer(
-            transport,
-            targets,
-            _InOrderDispatcher(self._on_batch),
-            None,  # the threading executor, unless this process is eventlet-patched
-            allow_requeue=True,
+    def _spec(self) -> receiver.ReceiverSpec:
+        conf = self._conf if self._conf is not None else cfg.ConfigOpts()
+        levels = {
+            name: logging.getLogger(name or None).getEffectiveLevel()
+            for name in receiver.MIRRORED_LOGGERS
+        }
+        return receiver.ReceiverSpec(
+            url=self._url,
+            options=receiver.messaging_options(conf),
+            topics=self.topics,
+            exchange=self.exchange,
             pool=self.pool,
             batch_size=self.batch_size,
             batch_timeout=self.batch_timeout,
+            max_inflight=self.max_inflight,
+            log_levels=levels,
         )
-        try:
-            server.start(override_pool_size=1)  # its executor stays idle (see above)
-        except Exception:
-            self._release_transport()
-            raise
-        self._server = server
+
+    def start(self) -> None:
+        """Start the receiving process, which declares the pool queue and its bindings, then
+        consumes; apply what it forwards.
+
+        When this returns, every notification published from now on reaches the queue (and
+        the model, or the buffer while held). Blocks while RabbitMQ cannot be reached (the
+        driver retries and logs); raises :class:`ReceiverFailed` if the receiver cannot start
+        (a bad transport URL, say) and :class:`ListenerStopped` if :meth:`stop` is called
+        meanwhile.
+        """
+        with self._state_lock:
+            if self._thread is not None:
+                return
+            self._stopping.clear()
+        spec = self._spec()
+        started = _Receiver(spec, self._stopping)
+        with self._state_lock:
+            if self._stopping.is_set():
+                started.close(STOP_TIMEOUT)
+                raise ListenerStopped("the listener was stopped while it was starting")
+            self._receiver = started
+            self._thread = threading.Thread(
+                target=self._run, args=(spec,), name=APPLY_THREAD, daemon=True
+            )
+            self._thread.start()
         LOG.info(
             "Listening for notifications on %s (exchange %s, pool %s, batches of up to %d "
-            "or %.3fs, applied on the poll thread)",
+            "or %.3fs, received by process %d)",
             ", ".join(self.topics),
             self.exchange or "(transport default)",
             self.pool,
             self.batch_size,
             self.batch_timeout,
+            started.pid,
         )
 
     def stop(self) -> None:
         """Stop consuming; batches already received are applied (and acknowledged) first."""
-        server = self._server
-        if server is None:
+        with self._state_lock:
+            self._stopping.set()  # also cuts a requeue backoff or a restart delay short
+            thread = self._thread
+        if thread is None:
             return
-        self._stopping.set()  # cut a requeue backoff short
-        server.stop()
-        server.wait()
-        self._server = None
-        self._release_transport()
+        current = self._receiver
+        if current is not None:
+            current.send(receiver.QUIT)
+        thread.join(STOP_TIMEOUT)
+        if thread.is_alive() and self._receiver is not None:
+            LOG.warning("The notification receiver did not stop within %.0fs", STOP_TIMEOUT)
+            self._receiver.disconnect()  # the applying thread's read returns
+            thread.join(STOP_TIMEOUT)
+        with self._state_lock:
+            self._thread = None
         LOG.info("Notification listener stopped: %s", self.stats)
 
-    def _release_transport(self) -> None:
-        if self._owns_transport and self._transport is not None:
-            self._transport.cleanup()
-        self._transport = None
-        self._owns_transport = False
+    # -- the applying thread -----------------------------------------------------------------
+
+    def _run(self, spec: receiver.ReceiverSpec) -> None:
+        """Apply what the receiver forwards until it stops; replace it if it dies."""
+        delay = RESTART_DELAY
+        while True:
+            current = self._receiver
+            assert current is not None
+            self._serve(current)
+            code = current.close(STOP_TIMEOUT if self._stopping.is_set() else 5.0)
+            self._receiver = None
+            if self._stopping.is_set():
+                return
+            self.stats.restarts += 1
+            LOG.error(
+                "The notification receiver (pid %d) exited unexpectedly (code %s); starting "
+                "another in %.0fs (RabbitMQ delivers again what it had not acknowledged)",
+                current.pid,
+                code,
+                delay,
+            )
+            while not self._stopping.wait(delay):
+                try:
+                    self._receiver = _Receiver(spec, self._stopping)
+                    break
+                except ListenerStopped:
+                    return
+                except Exception:
+                    delay = min(delay * 2, MAX_RESTART_DELAY)
+                    LOG.exception("Starting a receiver failed; next try in %.0fs", delay)
+            else:
+                return
+            delay = RESTART_DELAY
+
+    def _serve(self, current: _Receiver) -> None:
+        """Apply and answer every batch in order, until the receiver's socket closes."""
+        conn = current.conn
+        while True:
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            tag = frame[:1]
+            try:
+                if tag == receiver.BATCH:
+                    requeue = self._on_batch(receiver.decode(frame[1:]))
+                    current.send(receiver.ANSWER + marshal.dumps(requeue))
+                elif tag == receiver.LOG_RECORD:
+                    _relog(frame[1:])
+                # STOPPED: nothing follows but its last log records; it exits after answers.
+            except Exception:
+                # Not the apply path's failures (they are requeued one by one): a frame this
+                # side cannot read. Replace the receiver; RabbitMQ delivers again what it held.
+                LOG.exception("Reading a frame from the notification receiver failed")
+                return
 
     # -- NotificationGate --------------------------------------------------------------------
 
@@ -316,27 +465,27 @@ class NotificationListener:
         LOG.info("Notifications released: %d buffered notifications applied", len(buffered))
         return len(buffered)
 
-    # -- applying a batch (on the poll thread) -----------------------------------------------
+    # -- applying a batch (on the applying thread) -------------------------------------------
 
-    def _on_batch(self, incoming: Sequence[Any]) -> set[Any]:
+    def _on_batch(self, lines: list[Any]) -> list[int]:
+        """Apply (or buffer) one forwarded batch; returns the indexes the receiver requeues."""
         stats = self.stats
         with self._lock:
             stats.batches += 1
-            stats.received += len(incoming)
+            stats.received += len(lines)
             stats.last_batch_at = time.time()
-            lines = [_line(m) for m in incoming]
             if self._held:
                 self._buffer.extend(lines)
                 stats.buffered = len(self._buffer)
-                return set()
+                return []
             failed, attempt = self._apply(lines)
         if not failed:
-            return set()
+            return []
         # Give the failed messages back after a backoff, so that a persistent failure does not
         # spin (one wait per batch, however many failed in it); stop() cuts the wait short.
         stats.requeued += len(failed)
         self._stopping.wait(min(self.requeue_delay * 2 ** (attempt - 1), MAX_REQUEUE_DELAY))
-        return {incoming[i] for i in failed}
+        return failed
 
     def _apply(self, lines: list[Any]) -> tuple[list[int], int]:
         """Deliver ``lines`` in order; returns the indexes of those to requeue and the highest

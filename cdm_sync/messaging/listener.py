@@ -150,12 +150,17 @@ class _Receiver:
 
     def __init__(self, spec: receiver.ReceiverSpec, stopping: threading.Event) -> None:
         ours, theirs = socket.socketpair()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cdm_sync.messaging.receiver", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cdm_sync.messaging.receiver", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         # The socket object is kept for shutdown(): closing a descriptor does not wake a
         # thread blocked reading it, nor tell the receiver, while shutting the socket down does.
         self._socket = ours

@@ -116,8 +116,9 @@ def _load_module(path: Path, name: str) -> ModuleType:
 @contextmanager
 def _all_threads_profiled(profiles: list[tuple[str, cProfile.Profile]]) -> Iterator[None]:
     """Profile every thread started inside the block, one cProfile each, named after its
-    thread (the listener's work happens in oslo.messaging's poll thread and executor thread,
-    the collector's Placement reads in a thread pool: not in the caller's thread)."""
+    thread (the listener applies in its own thread, the collector's Placement reads run in a
+    thread pool: not in the caller's thread). The listener's receiving process is another
+    process, not profiled here: its poll loop is oslo.messaging's, as the no-op's is."""
 
     def start(frame: Any, event: str, arg: Any) -> None:
         profile = cProfile.Profile()

@@ -187,24 +187,27 @@ def _broker_reachable(url: str) -> str | None:
     return None
 
 
+def _stat_cpu(stat: Path) -> float:
+    """CPU seconds (user + system) in a /proc ``stat`` file, of a process or a thread."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _thread_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each thread of this process (Linux), by native thread id,
     with the thread's name: tells oslo.messaging's poll thread from the thread applying."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     for task in Path("/proc/self/task").iterdir():
         with suppress(OSError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             tid = int(task.name)
-            out[tid] = (names.get(tid, f"tid {tid}"), (int(fields[11]) + int(fields[12])) / tick)
+            out[tid] = (names.get(tid, f"tid {tid}"), _stat_cpu(task / "stat"))
     return out
 
 
 def _process_cpu(pid: int | None) -> float:
     """CPU seconds used so far by another process of ours (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
 
 
 def _thread_cpu_since(before: dict[int, tuple[str, float]]) -> dict[str, float]:

@@ -198,14 +198,10 @@ class _Receiver:
             elif tag == receiver.START_FAILED:
                 raise ReceiverFailed(frame[1:].decode(errors="replace"))
 
-    def send(self, frame: bytes) -> bool:
-        """False when the receiver is gone (its end of the socket is closed)."""
-        with self._send_lock:
-            try:
-                self.conn.send_bytes(frame)
-            except OSError:
-                return False
-        return True
+    def send(self, frame: bytes) -> None:
+        """Send a frame; if the receiver is gone, the applying thread's read says so."""
+        with self._send_lock, suppress(OSError):
+            self.conn.send_bytes(frame)
 
     def disconnect(self) -> None:
         """Shut our end down: a read blocked on it returns, and the receiver stops."""

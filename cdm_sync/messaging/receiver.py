@@ -96,14 +96,22 @@ def messaging_options(conf: cfg.ConfigOpts) -> tuple[tuple[str | None, str, Any]
     transport in the receiving process. Registers oslo.messaging's options on ``conf``, as
     creating a transport from it would."""
     out = []
-    for group, opts in oslo_messaging.opts.list_opts():
-        conf.register_opts(opts, group=group)  # a no-op for options already registered
+    for group, opts in _register_messaging_opts(conf):
         values = conf if group is None else conf[group]
         for opt in opts:
             value = values[opt.dest]
             if value != opt.default:
                 out.append((group, opt.dest, value))
     return tuple(out)
+
+
+def _register_messaging_opts(conf: cfg.ConfigOpts) -> list[tuple[str | None, list[Any]]]:
+    """Register every oslo.messaging option on ``conf`` (a no-op for those already there);
+    returns them by group."""
+    groups = oslo_messaging.opts.list_opts()
+    for group, opts in groups:
+        conf.register_opts(opts, group=group)
+    return groups
 
 
 def encode(lines: list[Any]) -> bytes:
@@ -290,8 +298,7 @@ class _Receiver:
                     "cannot forward its batches (see cdm_sync/messaging/receiver.py)"
                 )
             conf = cfg.ConfigOpts()
-            for group, opts in oslo_messaging.opts.list_opts():
-                conf.register_opts(opts, group=group)
+            _register_messaging_opts(conf)
             for group, name, value in spec.options:
                 conf.set_override(name, value, group=group)
             transport = oslo_messaging.get_notification_transport(conf, url=spec.url)

@@ -61,11 +61,11 @@ from bench.run import (
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
-from cdm_sync.nova.snapshot import Snapshot, read_snapshot
+from cdm_sync.nova.snapshot import Snapshot, listing_of, read_snapshot
+from cdm_sync.replay import bootstrap
 from cdm_sync.runtime import settle_heap
 from cdm_sync.sync.engine import RunReport, SyncEngine
 from cdm_sync.sync.ports import Listing, ListingError, Progress
-from cdm_sync.sync.replay import bootstrap
 from cdm_sync.sync.service import SyncService
 
 FAKENOVA_MODULE = ROOT / "tests" / "fakenova.py"
@@ -852,10 +852,12 @@ def audit_part(path: Path, size: Size, seed: int, profile: bool, top: int) -> di
     result: dict[str, Any] = {"part": "audit", "size": size.name, "instances": size.instances}
     collector = _PreparedCollector()
     service = SyncService(ComputeModel())
-    engine = SyncEngine(service, collector)
+    # No margin: the prepared listings race no Nova (what the model observed before an audit
+    # began is older than that audit's listing).
+    engine = SyncEngine(service, collector, deletion_margin=0.0)
     # The live model, bootstrapped by the engine from the snapshot file (as cdm-sync serve
     # does from a listing). Its objects are frozen out of the GC's view by the bootstrap.
-    collector.listings.append(Listing(read_snapshot(path)))
+    collector.listings.append(listing_of(read_snapshot(path)))
     engine.bootstrap()
     # The listings the audits get: Nova's JSON decoded as the collector decodes it (plain
     # dicts, nothing pre-translated), young objects under the GC as a fresh listing is.
@@ -866,7 +868,7 @@ def audit_part(path: Path, size: Size, seed: int, profile: bool, top: int) -> di
     drifted, each = _drifted(items, DRIFT_SHARE, seed + 4)
 
     def listing(servers: list[Any]) -> Listing:
-        return Listing(Snapshot.from_dict({**doc, "servers": list(servers)}, "bench listing"))
+        return listing_of(Snapshot.from_dict({**doc, "servers": list(servers)}, "bench listing"))
 
     collector.listings += [listing(items), listing(drifted)]
     del drifted

@@ -43,7 +43,7 @@ from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel, Flavor
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, read_snapshot
-from cdm_sync.sync.replay import bootstrap
+from cdm_sync.replay import bootstrap
 from cdm_sync.sync.service import SyncService
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -607,7 +607,7 @@ def run_worker(
     model = ComputeModel()
     service = SyncService(model)
     events = len(snapshot.hypervisors) + len(snapshot.services) + snapshot.server_count
-    report = bootstrap(service, snapshot)  # the product's own bootstrap path
+    rejected = bootstrap(service, snapshot)  # the product's own bootstrap path
     total = _elapsed(start)
     peak = _peak_rss_bytes()
     del snapshot
@@ -622,7 +622,7 @@ def run_worker(
             "apply": {k: total[k] - read[k] for k in total},
             "total": total,
             "events": events,
-            "rejected": len(report.rejected),
+            "rejected": len(rejected),
             "model_instances": model.instance_count,
             "model_nodes": model.node_count,
             "rss_base": rss_base,

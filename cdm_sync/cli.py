@@ -33,7 +33,7 @@ from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.model.changes import format_timestamp
 from cdm_sync.nova.snapshot import SnapshotError, read_snapshot
 from cdm_sync.nova.trace import TraceError
-from cdm_sync.sync.replay import bootstrap, replay
+from cdm_sync.replay import bootstrap, replay
 from cdm_sync.sync.service import SyncService
 
 LOG = logging.getLogger(__name__)
@@ -214,21 +214,20 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
     bar = _Progress()
     try:
-        listing = collector_from_conf(conf.CONF).full_listing(bar)
+        snap, incomplete = collector_from_conf(conf.CONF).full_snapshot(bar)
     except ListingError as exc:
         bar.done()
         raise UsageError(f"listing Nova failed: {exc.reason}") from None
     bar.done()
-    write_snapshot(listing.snapshot, args.out)
-    snap = listing.snapshot
+    write_snapshot(snap, args.out)
     print(
         f"snapshot: {len(snap.services)} services, {len(snap.hypervisors)} hypervisors, "
         f"{len(snap.servers)} servers at microversion {snap.microversion} -> {args.out}",
         file=sys.stderr,
     )
-    for reason in listing.incomplete:
+    for reason in incomplete:
         print(f"cdm-sync: warning: the listing is incomplete: {reason}", file=sys.stderr)
-    return 1 if listing.incomplete else 0
+    return 1 if incomplete else 0
 
 
 def _health_url(args: argparse.Namespace) -> str:

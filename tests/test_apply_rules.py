@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 
 from cdm_sync.model import (
-    NO_VERSION,
     Cause,
     ChangeRecord,
     ComputeModel,
-    ComputeNodeGone,
+    ComputeNodeAbsent,
     Flavor,
     HypervisorObserved,
+    InstanceAbsent,
     InstanceDeleted,
     InstanceObserved,
     Outcome,
@@ -343,13 +343,36 @@ def test_service_delete_older_than_node_is_stale(model: ComputeModel) -> None:
     assert model.node(NODE_A) is not None
 
 
-def test_compute_node_gone_unplaces_instances(model: ComputeModel) -> None:
+def test_absent_compute_node_unplaces_instances(model: ComputeModel, clock: FakeClock) -> None:
     model.apply(hypervisor(NODE_A, "n1", "h1"))
     model.apply(seen(ts=2, host="h1", node="n1"))
-    records = model.apply(ComputeNodeGone(NODE_A, Version(None, 3), cause("audit")))
+    clock.advance(1)
+    records = model.apply(ComputeNodeAbsent(NODE_A, clock(), cause("audit")))
     assert ops(records) == [("instance", "update", VM), ("compute_node", "remove", NODE_A)]
     assert model.instance(VM).compute_node_uuid is None  # type: ignore[union-attr]
-    assert model.apply(ComputeNodeGone(NODE_A, NO_VERSION, cause("audit"))) == []
+    assert model.apply(ComputeNodeAbsent(NODE_A, clock(), cause("audit"))) == []
+
+
+def test_absence_spares_what_was_observed_since_the_listing_began(
+    model: ComputeModel, clock: FakeClock
+) -> None:
+    """Whatever the stamps of Nova's hosts say, an element the model observed at or after the
+    listing's start (on the model's own clock) is not deleted for being absent from it."""
+    began = clock()
+    clock.advance(5)
+    model.apply(hypervisor(NODE_A, "n1", "h1", ts=1.0))  # Nova's stamp: long before
+    model.apply(seen(updated_at=1.0, ts=1.0, host="h1", node="n1"))
+    listing = Cause("audit")  # listings carry no message id
+    assert model.apply_with_outcome(InstanceAbsent(VM, began, listing)) == (Outcome.STALE, [])
+    assert model.apply_with_outcome(ComputeNodeAbsent(NODE_A, began, listing)) == (
+        Outcome.STALE,
+        [],
+    )
+    clock.advance(5)
+    records = model.apply(InstanceAbsent(VM, clock(), listing))
+    assert ops(records) == [("instance", "remove", VM)]
+    assert VM in model.instance_tombstones
+    assert model.check_integrity() == []
 
 
 # -- readers on other threads ---------------------------------------------------------------------

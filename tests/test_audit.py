@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 
 from cdm_sync.model import Cause, ChangeRecord, ComputeModel, InstanceObserved, Version
 from cdm_sync.nova.fields import parse_time
-from cdm_sync.nova.snapshot import Snapshot, snapshot_events
+from cdm_sync.nova.snapshot import Snapshot, listing_of, snapshot_events
 from cdm_sync.sync.audit import AuditReport, build_shadow, full_audit, reconcile
+from cdm_sync.sync.ports import Listing
 from tests.conftest import Harness, NovaListing
 from tests.samples import load_sample
 
@@ -67,6 +68,26 @@ def make_cloud(
 def snapshot_of(cloud: NovaListing) -> Snapshot:
     """A fresh snapshot of the listing (audits may consume what they are given)."""
     return Snapshot.from_dict(copy.deepcopy(cloud.doc()))
+
+
+def listing_from(cloud: NovaListing, incomplete: tuple[str, ...] = ()) -> Listing:
+    """The listing as the collector port gives it (events, read once)."""
+    return listing_of(snapshot_of(cloud), incomplete)
+
+
+def audit(
+    harness: Harness,
+    cloud: NovaListing,
+    source: Any = "audit",
+    *,
+    began: float | None = None,
+    **kwargs: Any,
+) -> AuditReport:
+    """Reconcile ``harness``'s model with ``cloud``, a listing that began at ``began`` on the
+    model's clock (default: now, after everything the model observed so far)."""
+    harness.clock.advance(1)
+    listed_at = harness.clock() if began is None else began
+    return reconcile(harness.service, listing_from(cloud), source, listed_at=listed_at, **kwargs)
 
 
 def server(cloud: NovaListing, i: int) -> dict[str, Any]:
@@ -123,7 +144,7 @@ def test_repairs_dropped_create_delete_and_stale_field(live: Harness) -> None:
     later = make_cloud(21, captured_at=CAPTURED_2, skip=(1,))  # 20 created, 1 deleted
     stop(later, 0)
     start = len(live.records)
-    report = reconcile(live.service, snapshot_of(later), shrink_limit=0.1)
+    report = audit(live, later, shrink_limit=0.1)
     records = audited(live, start)
     assert {(r.kind, r.op, r.uuid) for r in records} == {
         ("instance", "add", server_uuid(20)),
@@ -147,7 +168,7 @@ def test_corrections_enter_the_model_with_shared_strings(live: Harness) -> None:
     doc = json.loads(json.dumps(later.doc()))
     host = doc["servers"][20]["OS-EXT-SRV-ATTR:host"]
     assert host is not sys.intern(host)
-    reconcile(live.service, Snapshot.from_dict(doc))
+    reconcile(live.service, listing_of(Snapshot.from_dict(doc)), listed_at=live.clock())
     added = live.model.instance(server_uuid(20))
     assert added is not None and added.host == host
     for value in (added.host, added.node, added.project_id, added.user_id):
@@ -156,7 +177,7 @@ def test_corrections_enter_the_model_with_shared_strings(live: Harness) -> None:
 
 def test_equal_listing_submits_nothing(live: Harness) -> None:
     revision = live.model.revision
-    report = reconcile(live.service, snapshot_of(make_cloud(captured_at=CAPTURED_2)))
+    report = audit(live, make_cloud(captured_at=CAPTURED_2))
     assert report.outcomes == {}
     assert live.model.revision == revision
     assert report.listed_instances == 20 and report.listed_nodes == 2
@@ -166,16 +187,18 @@ def test_resync_cause(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2)
     stop(later, 4)
     start = len(live.records)
-    reconcile(live.service, snapshot_of(later), "resync")
+    audit(live, later, "resync")
     assert [(r.uuid, r.cause.source) for r in audited(live, start)] == [(server_uuid(4), "resync")]
 
 
 def test_newer_notification_is_not_undone(live: Harness) -> None:
     """What the model learned after the listing started wins over the listing."""
+    began = live.clock()
+    live.clock.advance(1)
     live.deliver(notification("instance-power_off-end", server_uuid(0), host="compute1"))
     live.deliver(notification("instance-create-end", server_uuid(99), host="compute2"))
     assert live.model.instance(server_uuid(0)).vm_state == "stopped"
-    report = reconcile(live.service, snapshot_of(make_cloud(captured_at=CAPTURED_2)))
+    report = audit(live, make_cloud(captured_at=CAPTURED_2), began=began)
     assert live.model.instance(server_uuid(0)).vm_state == "stopped"
     assert live.model.instance(server_uuid(99)) is not None  # created after the capture began
     assert report.newer_in_model == 2
@@ -189,7 +212,7 @@ def test_older_notification_is_corrected(live: Harness) -> None:
         notification("instance-power_off-end", server_uuid(0), host="compute1", at=before_capture)
     )
     start = len(live.records)
-    report = reconcile(live.service, snapshot_of(make_cloud(captured_at=CAPTURED_2)))
+    report = audit(live, make_cloud(captured_at=CAPTURED_2))
     assert live.model.instance(server_uuid(0)).vm_state == "active"
     assert report.drift_by_kind()["stale_field"] == 1
     assert [r.cause.source for r in audited(live, start)] == ["audit"]
@@ -204,7 +227,7 @@ def test_field_the_listing_lacks_is_left_alone(live: Harness) -> None:
     for item in later.servers:
         del item["locked"]
     revision = live.model.revision
-    report = reconcile(live.service, snapshot_of(later))
+    report = audit(live, later)
     assert live.model.instance(server_uuid(2)).locked is True
     assert live.model.revision == revision
     assert report.outcomes == {}
@@ -215,7 +238,7 @@ def test_untrusted_listing_adds_and_updates_but_infers_no_deletion(live: Harness
     stop(later, 0)
     deleted = server(later, 3)
     deleted.update({"status": "DELETED", "OS-EXT-STS:vm_state": "deleted", "updated": UPDATED_1})
-    report = reconcile(live.service, snapshot_of(later), untrusted=["cell1 is down"])
+    report = audit(live, later, untrusted=["cell1 is down"])
     model = live.model
     assert model.instance(server_uuid(20)) is not None
     assert model.instance(server_uuid(0)).vm_state == "stopped"
@@ -227,11 +250,11 @@ def test_untrusted_listing_adds_and_updates_but_infers_no_deletion(live: Harness
 
 def test_shrunken_listing_deletes_nothing(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2, skip=(1, 2, 3))  # 15 % fewer
-    report = reconcile(live.service, snapshot_of(later), shrink_limit=0.1)
+    report = audit(live, later, shrink_limit=0.1)
     assert live.model.instance_count == 20
     assert report.deletes_skipped and "17 instances" in report.deletes_skipped
     # Within the limit, the same listing deletes.
-    report = reconcile(live.service, snapshot_of(later), shrink_limit=0.2)
+    report = audit(live, later, shrink_limit=0.2)
     assert live.model.instance_count == 17
     assert report.drift_by_kind()["ghost"] == 3
 
@@ -240,7 +263,7 @@ def test_listing_without_hypervisors_removes_no_node(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2)
     later.hypervisors.clear()
     later.services.clear()
-    report = reconcile(live.service, snapshot_of(later), shrink_limit=0.1)
+    report = audit(live, later, shrink_limit=0.1)
     assert report.deletes_skipped and "0 compute nodes" in report.deletes_skipped
     assert {n.uuid for n in live.model.nodes()} == {node_uuid(h) for h in HOSTS}
 
@@ -248,7 +271,7 @@ def test_listing_without_hypervisors_removes_no_node(live: Harness) -> None:
 def test_rejected_items_block_deletions(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2, skip=(5,))
     server(later, 6)["OS-EXT-STS:power_state"] = "on"  # not an integer: rejected
-    report = full_audit(live.service, snapshot_of(later))
+    report = full_audit(live.service, listing_from(later))
     assert len(report.rejected) == 1
     assert report.deletes_skipped == "1 listing items could not be read"
     assert live.model.instance(server_uuid(5)) is not None
@@ -264,7 +287,7 @@ def test_node_drift(make_harness: Any) -> None:
     service = next(s for s in later.services if s["host"] == "compute2")
     service.update(status="disabled", disabled_reason="maintenance")
     start = len(harness.records)
-    report = reconcile(harness.service, snapshot_of(later), shrink_limit=0.1)
+    report = audit(harness, later, shrink_limit=0.1)
     assert report.drift[("compute_node", "missing")] == 1
     assert report.drift[("compute_node", "ghost")] == 1
     assert report.drift[("compute_node", "stale_field")] == 1
@@ -278,7 +301,7 @@ def test_node_drift(make_harness: Any) -> None:
 
 def test_shadow_keeps_the_listing_events(live: Harness) -> None:
     later = make_cloud(captured_at=CAPTURED_2)
-    shadow = build_shadow(snapshot_of(later))
+    shadow = build_shadow(listing_from(later))
     assert len(shadow.instances) == 20
     assert set(shadow.instance_events) == {server_uuid(i) for i in range(20)}
     assert set(shadow.hypervisor_events) == {node_uuid(h) for h in HOSTS}
@@ -332,7 +355,7 @@ def tricky_listings(draw: st.DrawFn) -> dict[str, Any]:
 def test_shadow_equals_applying_the_whole_listing(doc: dict[str, Any]) -> None:
     """The shadow resolves most servers without applying them; the result must be exactly what
     applying every listing event to a fresh model gives (nodes, placeholders, instances)."""
-    shadow = build_shadow(Snapshot.from_dict(copy.deepcopy(doc)))
+    shadow = build_shadow(listing_of(Snapshot.from_dict(copy.deepcopy(doc))))
     reference = ComputeModel(dedupe_window=0, clock=lambda: shadow.captured_at)
     for event in snapshot_events(Snapshot.from_dict(copy.deepcopy(doc)), "audit"):
         reference.apply(event)

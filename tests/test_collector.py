@@ -23,13 +23,13 @@ from keystoneauth1 import session as ks_session
 from oslo_config import cfg
 
 from cdm_sync.conf import nova_client as nova_client_conf
-from cdm_sync.model import ComputeModel
+from cdm_sync.model import ComputeModel, HypervisorObserved, ServiceObserved
 from cdm_sync.model.elements import POWER_STATE_NAMES
 from cdm_sync.nova.auth import AuthConfigError, Retries
 from cdm_sync.nova.collector import NovaCollector, collector_from_conf
-from cdm_sync.nova.snapshot import read_snapshot, snapshot_events, write_snapshot
-from cdm_sync.sync.ports import Listing, ListingError
-from cdm_sync.sync.replay import bootstrap
+from cdm_sync.nova.snapshot import Snapshot, read_snapshot, write_snapshot
+from cdm_sync.replay import bootstrap
+from cdm_sync.sync.ports import ListingError
 from cdm_sync.sync.service import SyncService
 from tests import fakenova
 from tests.fakenova import COMPUTE, FakeCloud, FakeNova
@@ -186,13 +186,12 @@ def expected_model(cloud: FakeCloud, microversion: str) -> dict[str, Any]:
     }
 
 
-def model_from(listing: Listing, tmp_path: Path) -> dict[str, Any]:
+def model_from(snap: Snapshot, tmp_path: Path) -> dict[str, Any]:
     """Save the listing as a snapshot file, read it back, bootstrap a model; its dump."""
     path = tmp_path / "snapshot.json"
-    write_snapshot(listing.snapshot, path)
+    write_snapshot(snap, path)
     service = SyncService(ComputeModel())
-    translation = bootstrap(service, read_snapshot(path))
-    assert translation.rejected == []
+    assert bootstrap(service, read_snapshot(path)) == []
     assert service.model.check_integrity() == []
     dump = service.model.to_dict()
     dump.pop("revision")
@@ -210,11 +209,10 @@ def test_listing_at_each_microversion_bootstraps_the_clouds_model(
     populate(cloud)
     mv = fakenova.parse_version(microversion)
 
-    listing = make_collector(fake_nova, microversion=microversion).full_listing()
-    snap = listing.snapshot
+    snap, incomplete = make_collector(fake_nova, microversion=microversion).full_snapshot()
 
     assert snap.microversion == microversion
-    assert listing.incomplete == []
+    assert incomplete == []
     server_requests = [r for r in cloud.requests if r.path == SERVERS]
     assert server_requests
     assert all(microversion in (r.microversion or "") for r in server_requests)
@@ -236,21 +234,21 @@ def test_listing_at_each_microversion_bootstraps_the_clouds_model(
     # Live and SOFT_DELETED servers, not the deleted one.
     assert sorted(s["id"] for s in snap.servers) == [server_id(n) for n in range(1, 6)]
 
-    assert model_from(listing, tmp_path) == expected_model(cloud, microversion)
+    assert model_from(snap, tmp_path) == expected_model(cloud, microversion)
 
 
 def test_auto_negotiates_the_highest_version_both_sides_support(fake_nova: FakeNova) -> None:
     populate(fake_nova.cloud)
     fake_nova.cloud.max_microversion = "2.60"
     collector = make_collector(fake_nova)
-    assert collector.full_listing().snapshot.microversion == "2.60"
+    assert collector.full_snapshot()[0].microversion == "2.60"
 
     import novaclient
 
     fake_nova.cloud.max_microversion = "2.104"  # newer than python-novaclient knows
-    listing = collector.full_listing()  # renegotiated at every full listing
-    assert listing.snapshot.microversion == novaclient.API_MAX_VERSION.get_string()
-    assert collector.microversion == listing.snapshot.microversion
+    snap, _ = collector.full_snapshot()  # renegotiated at every full listing
+    assert snap.microversion == novaclient.API_MAX_VERSION.get_string()
+    assert collector.microversion == snap.microversion
 
 
 def test_a_microversion_nova_does_not_offer_is_a_clear_error(fake_nova: FakeNova) -> None:
@@ -272,13 +270,13 @@ def test_every_page_is_read_and_soft_deleted_servers_are_merged(fake_nova: FakeN
     cloud.soft_delete(server_id(4), "2026-11-22T01:00:00Z")
     seen: list[tuple[str, int]] = []
 
-    listing = make_collector(fake_nova, page_size=3).full_listing(
+    snap, _ = make_collector(fake_nova, page_size=3).full_snapshot(
         lambda what, n: seen.append((what, n))
     )
 
-    ids = [s["id"] for s in listing.snapshot.servers]
+    ids = [s["id"] for s in snap.servers]
     assert sorted(ids) == [server_id(n) for n in range(10)]  # each exactly once
-    soft = next(s for s in listing.snapshot.servers if s["id"] == server_id(4))
+    soft = next(s for s in snap.servers if s["id"] == server_id(4))
     assert soft["status"] == "SOFT_DELETED"
     requests = [r for r in cloud.requests if r.path == SERVERS]
     default = [r for r in requests if "deleted" not in r.query]
@@ -300,10 +298,10 @@ def test_a_page_capped_by_novas_max_limit_is_not_taken_for_the_last(fake_nova: F
         cloud.add_host(f"compute{h}")
     add_servers(cloud, 7, host="compute0")
 
-    listing = make_collector(fake_nova, page_size=100, microversion="2.53").full_listing()
+    snap, _ = make_collector(fake_nova, page_size=100, microversion="2.53").full_snapshot()
 
-    assert len(listing.snapshot.servers) == 7
-    assert len(listing.snapshot.hypervisors) == 5
+    assert len(snap.servers) == 7
+    assert len(snap.hypervisors) == 5
 
 
 def test_a_500_is_retried_and_the_listing_completes(fake_nova: FakeNova) -> None:
@@ -311,9 +309,9 @@ def test_a_500_is_retried_and_the_listing_completes(fake_nova: FakeNova) -> None
     populate(cloud)
     cloud.fail_nth(SERVERS, 1, times=2)  # the first page fails twice, then answers
 
-    listing = make_collector(fake_nova).full_listing()
+    snap, _ = make_collector(fake_nova).full_snapshot()
 
-    assert len(listing.snapshot.servers) == 5
+    assert len(snap.servers) == 5
     assert cloud.count(SERVERS) == 2 + 2  # two failed tries, then the page and the SOFT_DELETED
 
 
@@ -331,8 +329,9 @@ def test_a_page_that_always_fails_raises_with_what_was_read(fake_nova: FakeNova)
     assert f"marker={server_id(4)}" in error.reason
     assert PASSWORD not in error.reason
     assert error.partial is not None
-    assert len(error.partial.services) == 1 and len(error.partial.hypervisors) == 1
-    assert sorted(s["id"] for s in error.partial.servers) == [server_id(n) for n in range(4, 10)]
+    read = list(error.partial.events("audit"))
+    assert [type(e) for e in read[:2]] == [HypervisorObserved, ServiceObserved]
+    assert sorted(e.uuid for e in read[2:]) == [server_id(n) for n in range(4, 10)]
     # Retried before giving up (3 retries), then not continued past the failing page.
     assert cloud.count(SERVERS) == 2 + 4
 
@@ -348,7 +347,8 @@ def test_a_timeout_raises_a_listing_error(fake_nova: FakeNova) -> None:
     with pytest.raises(ListingError) as caught:
         collector.full_listing()
     assert "timed out" in caught.value.reason
-    assert caught.value.partial is not None and caught.value.partial.hypervisors
+    assert caught.value.partial is not None
+    assert any(isinstance(e, HypervisorObserved) for e in caught.value.partial.events("audit"))
 
 
 # -- down cells -------------------------------------------------------------------------------
@@ -360,14 +360,14 @@ def test_a_down_cell_makes_the_listing_incomplete(fake_nova: FakeNova) -> None:
     cloud.add_down_cell_server(server_id(90))
     cloud.down_cell_services.append("compute9")
 
-    listing = make_collector(fake_nova).full_listing()  # auto: >= 2.69
+    snap, incomplete = make_collector(fake_nova).full_snapshot()  # auto: >= 2.69
 
-    assert server_id(90) not in {s["id"] for s in listing.snapshot.servers}
-    assert "compute9" not in {s["host"] for s in listing.snapshot.services}
-    assert len(listing.snapshot.servers) == 5
-    assert len(listing.incomplete) == 2
-    assert server_id(90) in listing.incomplete[0] and "UNKNOWN" in listing.incomplete[0]
-    assert "compute9" in listing.incomplete[1]
+    assert server_id(90) not in {s["id"] for s in snap.servers}
+    assert "compute9" not in {s["host"] for s in snap.services}
+    assert len(snap.servers) == 5
+    assert len(incomplete) == 2
+    assert server_id(90) in incomplete[0] and "UNKNOWN" in incomplete[0]
+    assert "compute9" in incomplete[1]
 
 
 # -- credentials and endpoints ----------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_captured_at_is_when_listing_started(fake_nova: FakeNova) -> None:
     populate(fake_nova.cloud)
     ticks = iter(range(1_800_000_000, 1_800_000_100))
     listing = make_collector(fake_nova, clock=lambda: float(next(ticks))).full_listing()
-    assert listing.snapshot.captured_at == 1_800_000_000.0
+    assert listing.captured_at == 1_800_000_000.0
 
 
 def test_changes_since_returns_changed_and_deleted_servers_only(
@@ -429,7 +429,7 @@ def test_changes_since_returns_changed_and_deleted_servers_only(
     populate(cloud)
     collector = make_collector(fake_nova, page_size=2)
     service = SyncService(ComputeModel())
-    bootstrap(service, collector.full_listing().snapshot)
+    bootstrap(service, collector.full_snapshot()[0])
     assert service.model.instance(server_id(2)) is not None
 
     # Sent floored to the second (Nova's updated_at has one-second resolution; >= is safe).
@@ -443,19 +443,20 @@ def test_changes_since_returns_changed_and_deleted_servers_only(
 
     listing = collector.changes_since(since)
 
-    statuses = {s["id"]: s["status"] for s in listing.snapshot.servers}
-    assert statuses == {
-        server_id(1): "ACTIVE",
-        server_id(2): "DELETED",
-        server_id(3): "SOFT_DELETED",
-        server_id(6): "DELETED",
+    events = list(listing.events("audit"))
+    states = {e.uuid: type(e).__name__ + getattr(e, "vm_state", "") for e in events}
+    assert states == {
+        server_id(1): "InstanceObservedactive",
+        server_id(2): "InstanceDeleted",
+        server_id(3): "InstanceObservedsoft-delete",
+        server_id(6): "InstanceDeleted",
     }
     requests = [r for r in cloud.requests if r.path == SERVERS and "changes-since" in r.query]
     assert requests and all(r.query["changes-since"] == ["2026-11-22T12:00:00Z"] for r in requests)
     assert all("deleted" not in r.query for r in requests)
     assert len(requests) >= 2  # paginated (page_size 2)
 
-    service.submit_all(snapshot_events(listing.snapshot, "audit"))
+    service.submit_all(events)
     assert service.model.instance(server_id(2)) is None
     renamed = service.model.instance(server_id(1))
     assert renamed is not None and renamed.name == "web-1-renamed"
@@ -495,9 +496,9 @@ def test_collector_from_conf_with_keystoneauth_options(
         )
     )
     conf(["--config-file", str(config)])
-    listing = collector_from_conf(conf).full_listing()
-    assert listing.snapshot.microversion == "2.53"
-    assert len(listing.snapshot.servers) == 5
+    snap, _ = collector_from_conf(conf).full_snapshot()
+    assert snap.microversion == "2.53"
+    assert len(snap.servers) == 5
     limits = {
         r.query.get("limit", [None])[0] for r in fake_nova.cloud.requests if r.path == SERVERS
     }
@@ -532,7 +533,7 @@ def test_collector_from_conf_with_a_clouds_yaml_cloud(
     )
     conf.set_override("cloud", "fake", group="nova_client")
     conf.set_override("clouds_file", str(clouds), group="nova_client")
-    assert len(collector_from_conf(conf).full_listing().snapshot.servers) == 5
+    assert len(collector_from_conf(conf).full_snapshot()[0].servers) == 5
 
     conf.set_override("cloud", "nope", group="nova_client")
     with pytest.raises(AuthConfigError, match=r"no cloud named 'nope' \(clouds: fake\)"):

@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -22,8 +22,9 @@ from oslo_config import cfg
 
 from cdm_sync.conf import sync as sync_conf
 from cdm_sync.messaging.endpoints import Dispatcher
+from cdm_sync.model import Event, InstanceDeleted, InstanceObserved
 from cdm_sync.nova.fields import parse_time
-from cdm_sync.nova.snapshot import read_snapshot
+from cdm_sync.nova.snapshot import listing_of, read_snapshot
 from cdm_sync.sync.engine import (
     DEEP_SETTLE_INTERVAL,
     EngineState,
@@ -31,7 +32,7 @@ from cdm_sync.sync.engine import (
     engine_from_conf,
 )
 from cdm_sync.sync.ports import Listing, ListingError, Progress
-from tests.conftest import Harness, NovaListing
+from tests.conftest import FakeClock, Harness, NovaListing
 from tests.samples import TRACE_DIR, load_sample
 from tests.services import wait_for
 from tests.test_audit import (
@@ -55,18 +56,20 @@ Answer = Callable[[], Listing]
 
 
 def answer(cloud: NovaListing, incomplete: Iterable[str] = ()) -> Answer:
-    return lambda: Listing(snapshot_of(cloud), list(incomplete))
+    return lambda: listing_of(snapshot_of(cloud), tuple(incomplete))
 
 
 def failing(reason: str, partial: NovaListing | None = None) -> Answer:
     def fail() -> Listing:
-        raise ListingError(reason, snapshot_of(partial) if partial is not None else None)
+        raise ListingError(
+            reason, listing_of(snapshot_of(partial)) if partial is not None else None
+        )
 
     return fail
 
 
 def from_file(name: str) -> Answer:
-    return lambda: Listing(read_snapshot(TRACE_DIR / name))
+    return lambda: listing_of(read_snapshot(TRACE_DIR / name))
 
 
 class ScriptedCollector:
@@ -92,10 +95,14 @@ class ScriptedCollector:
         with self.cond:
             self.calls["nodes"] += 1
             self.cond.notify_all()
-        listing = self.full[-1]()
-        listing.snapshot.servers = []
-        listing.snapshot.server_events = None
-        return listing
+        full = self.full[-1]()
+
+        def nodes_only(source: Any, intern: bool) -> Iterator[Event]:
+            for event in full.events(source, intern=intern):
+                if not isinstance(event, InstanceObserved | InstanceDeleted):
+                    yield event
+
+        return Listing(full.captured_at, nodes_only, server_count=0)
 
     def _run(self, kind: str, script: list[Answer]) -> Listing:
         with self.cond:
@@ -158,6 +165,20 @@ class BufferGate:
             return len(buffered)
 
 
+class TickingClock(FakeClock):
+    """A clock that moves a millisecond at every reading, as time passes between a listing's
+    start and the moments the model observes things: the engine compares the two."""
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return TickingClock()
+
+
 @pytest.fixture
 def harness(make_harness: Callable[..., Harness]) -> Harness:
     return make_harness(legacy=False)
@@ -171,7 +192,8 @@ def gate(harness: Harness) -> BufferGate:
 def engine_for(
     harness: Harness, collector: ScriptedCollector, gate: BufferGate | None = None, **kw: Any
 ) -> SyncEngine:
-    return SyncEngine(harness.service, collector, gate, clock=harness.clock, **kw)
+    kw.setdefault("deletion_margin", 0.0)
+    return SyncEngine(harness.service, collector, gate, **kw)
 
 
 def sources(records: Iterable[Any]) -> set[str]:

@@ -36,6 +36,7 @@ from cdm_sync.nova.snapshot import (
     Snapshot,
     SnapshotError,
     Translation,
+    listing_of,
     read_snapshot,
     snapshot_events,
 )
@@ -583,7 +584,7 @@ def test_mutated_snapshots_are_rejected_item_by_item(fuzzed: Fuzzed) -> None:
 
     harness = valid_harness()
     before = {i.uuid for i in harness.model.instances()}
-    audit = full_audit(harness.service, snapshot)
+    audit = full_audit(harness.service, listing_of(snapshot))
     assert harness.model.check_integrity() == []
     if audit.rejected:
         # A partial reading deletes nothing it did not read as deleted.

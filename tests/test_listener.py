@@ -3,7 +3,7 @@
 Nova's notifications are published the way Nova publishes them (an ``oslo_messaging.Notifier``
 with the ``messagingv2`` driver; recorded trace lines through that same driver, so their
 message ids and envelope times are the recorded ones) and the model the listener built is
-compared with what ``cdm_sync.sync.replay`` builds from the same files without a broker: the
+compared with what ``cdm_sync.replay`` builds from the same files without a broker: the
 live path and the replay path must agree. Each test has its own exchange, topics and pool
 queues, deleted afterwards, so tests never see each other's messages. Waits poll the listener's
 counters or the model with a deadline; nothing depends on how long anything takes.
@@ -46,7 +46,7 @@ from cdm_sync.messaging.listener import (
 )
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.snapshot import read_snapshot
-from cdm_sync.sync.replay import ReplayResult, bootstrap, replay
+from cdm_sync.replay import ReplayResult, bootstrap, replay
 from cdm_sync.sync.service import SyncService
 from tests.samples import TRACE_DIR, load_sample, sample_names
 from tests.services import (
@@ -66,7 +66,7 @@ def trace(name: str = "trace-versioned.jsonl") -> list[dict[str, Any]]:
 
 @functools.cache
 def reference(name: str = "trace-versioned.jsonl", nova_format: str = "auto") -> ReplayResult:
-    """The same snapshot and trace through ``cdm_sync.sync.replay``, no broker involved."""
+    """The same snapshot and trace through ``cdm_sync.replay``, no broker involved."""
     return replay(SNAPSHOT, TRACE_DIR / name, nova_format=nova_format)
 
 

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from cdm_sync.model import CHANGE_FORMAT, ChangeRecord
-from cdm_sync.nova.snapshot import read_snapshot
+from cdm_sync.nova.snapshot import listing_of, read_snapshot
 from cdm_sync.sync.audit import full_audit
+from cdm_sync.sync.ports import Listing
 from tests.conftest import Harness
 from tests.samples import TRACE_DIR
 
@@ -34,7 +35,13 @@ CAUSE_KEYS = {"source", "event_type", "message_id"}
 
 EXPECTED: dict[str, Any] = json.loads((TRACE_DIR / "expected-model.json").read_text())
 BEFORE = read_snapshot(TRACE_DIR / "snapshot.json")
-AFTER = read_snapshot(TRACE_DIR / "snapshot-final.json")
+
+
+def after() -> Listing:
+    """The final snapshot of the run, as a fresh listing (an audit reads a listing once)."""
+    return listing_of(read_snapshot(TRACE_DIR / "snapshot-final.json"))
+
+
 # Hosts whose service appears only during the trace, and servers created during it.
 ADDED_HOSTS = {n["hostname"] for n in EXPECTED["compute_nodes"]} - {
     s["host"] for s in BEFORE.services
@@ -124,7 +131,7 @@ def test_replay_then_audit_reaches_api_truth(
 ) -> None:
     harness = replayed(trace)
     placeholders = [n.uuid for n in harness.model.nodes() if n.placeholder]
-    report = full_audit(harness.service, AFTER)
+    report = full_audit(harness.service, after())
     assert report.rejected == []
     dump = harness.model.to_dict()
     uuid_map = check_nodes(dump, trace, audited=True)
@@ -135,7 +142,7 @@ def test_replay_then_audit_reaches_api_truth(
     assert harness.model.check_integrity() == []
     # A second audit against the same listing has nothing left to correct.
     revision = harness.model.revision
-    full_audit(harness.service, AFTER)
+    full_audit(harness.service, after())
     assert harness.model.revision == revision
 
 
@@ -158,7 +165,7 @@ def test_both_formats_yield_one_change_per_transition(
 @pytest.mark.parametrize("trace", TRACES)
 def test_change_records_follow_the_contract(trace: str, replayed: Callable[[str], Harness]) -> None:
     harness = replayed(trace)
-    full_audit(harness.service, AFTER)
+    full_audit(harness.service, after())
     records = harness.records
     assert [r.revision for r in records] == list(range(1, len(records) + 1))
     node_keys = set(EXPECTED["compute_nodes"][0]) | {"placeholder"}
@@ -212,7 +219,7 @@ def test_audit_drops_placeholder_nova_does_not_list(
     late["payload"]["nova_object.data"]["host"] = "compute9"
     late["metadata"].update(message_id="late-create", timestamp="2030-01-01 00:00:00.000000")
     harness.deliver(late)
-    full_audit(harness.service, AFTER)
+    full_audit(harness.service, after())
     assert harness.model.node(placeholder.uuid) is None
     assert [n.placeholder for n in harness.model.nodes_by_host("compute9")] == [True]
     check_nodes(

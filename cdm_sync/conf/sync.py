@@ -36,6 +36,15 @@ OPTS = [
         "and Nova's database and transactions still in flight when a listing was taken.",
     ),
     cfg.FloatOpt(
+        "deletion_margin",
+        default=60.0,
+        min=0.0,
+        help="Seconds: an instance or compute node that cdm-sync observed (a notification, a "
+        "listing) less than this long before a full listing began is not deleted for being "
+        "absent from that listing (it may have been created while the listing ran). Measured "
+        "on cdm-sync's own clock, so it does not depend on Nova's clocks agreeing with it.",
+    ),
+    cfg.FloatOpt(
         "full_shrink_limit",
         default=0.1,
         min=0.0,

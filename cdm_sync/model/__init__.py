@@ -7,14 +7,16 @@ from cdm_sync.model.events import (
     NO_VERSION,
     UNKNOWN,
     Cause,
-    ComputeNodeGone,
+    ComputeNodeAbsent,
     Event,
     HypervisorObserved,
+    InstanceAbsent,
     InstanceDeleted,
     InstanceObserved,
     ServiceDeleted,
     ServiceObserved,
     Version,
+    interned,
 )
 from cdm_sync.model.graph import MODEL_FORMAT, ComputeModel, NodeUsage
 
@@ -28,11 +30,12 @@ __all__ = [
     "ChangeRecord",
     "ComputeModel",
     "ComputeNode",
-    "ComputeNodeGone",
+    "ComputeNodeAbsent",
     "Event",
     "Flavor",
     "HypervisorObserved",
     "Instance",
+    "InstanceAbsent",
     "InstanceDeleted",
     "InstanceObserved",
     "NodeUsage",
@@ -40,4 +43,5 @@ __all__ = [
     "ServiceDeleted",
     "ServiceObserved",
     "Version",
+    "interned",
 ]

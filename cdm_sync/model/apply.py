@@ -1,53 +1,55 @@
-"""The one path that mutates the model: a typed event in, change records out.
+"""The rules of the one mutation path: what one typed event changes, planned without changing it.
 
-Rules (each has tests):
+:func:`plan` reads the model and returns every write the event makes (elements, versions,
+tombstones and the change records); :meth:`ComputeModel.apply` commits the whole plan. Planning
+changes nothing, so an event whose planning raises leaves the model exactly as it was. Rules
+(each has tests):
 
-- an observation older than what the model holds is dropped (``STALE``); a message seen before
-  (same ``message_id``) is dropped (``DUPLICATE``);
+- an observation older than what the model holds is refused (``STALE``); a message id whose
+  event was committed before is refused (``DUPLICATE``, checked by the model);
 - a delete leaves a tombstone; while it lives, nothing brings that instance back (Nova never
   reuses an instance uuid);
+- absence from a listing removes only what the model has not observed since the listing began,
+  by cdm-sync's own clock (never compared with the stamps of Nova's hosts);
 - an instance on a host or node the model does not know gets a placeholder compute node, made
   real later by a hypervisor observation (snapshot or audit) — never a Nova call from here;
-- an event that changes nothing yields nothing; every change yields one record per element, with
-  gap-free revisions.
-
-Called by :meth:`ComputeModel.apply` with the model's lock held.
+- an event that changes nothing yields nothing; every change yields one record per element;
+- ``overrule`` (an audit's correction that two listings in a row agreed on, with nothing
+  observed in between) skips the version check and an instance tombstone: the clocks of
+  Nova's hosts disagree, and one running ahead must not make an element unrepairable.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection
+from typing import Any, Protocol
 
-from cdm_sync.model.changes import ChangeRecord, Kind, Op
-from cdm_sync.model.elements import (
-    ComputeNode,
-    Instance,
-    export_value,
-    placeholder_uuid,
-)
+from cdm_sync.model.changes import Kind, Op
+from cdm_sync.model.elements import ComputeNode, Instance, export_value, placeholder_uuid
 from cdm_sync.model.events import (
     NO_VERSION,
     UNKNOWN,
     Cause,
-    ComputeNodeGone,
+    ComputeNodeAbsent,
     HypervisorObserved,
+    InstanceAbsent,
     InstanceDeleted,
     InstanceObserved,
     ServiceDeleted,
     ServiceObserved,
     Version,
 )
-
-if TYPE_CHECKING:
-    from cdm_sync.model.graph import ComputeModel
-
+from cdm_sync.model.tombstones import Tombstones
 
 _FLAVOR_DERIVED = ("vcpus", "memory_mb", "disk_gb")
 _NO_INSTANCE = Instance(uuid="")
 
 
 class Outcome(enum.Enum):
+    """What applying one event did: it changed the model, or it was accepted and changed
+    nothing, or it was refused (and why)."""
+
     CHANGED = "changed"
     UNCHANGED = "unchanged"
     STALE = "stale"
@@ -55,80 +57,80 @@ class Outcome(enum.Enum):
     TOMBSTONED = "tombstoned"
 
 
-class _Writer:
-    """Collects the records of one event while it mutates the model's structures."""
+class ModelView(Protocol):
+    """The reads planning needs (:class:`~cdm_sync.model.graph.ComputeModel` provides them)."""
 
-    __slots__ = ("cause", "m", "now", "records")
+    instance_tombstones: Tombstones
+    host_tombstones: Tombstones
 
-    def __init__(self, model: ComputeModel, now: float, cause: Cause) -> None:
+    def instance(self, uuid: str) -> Instance | None: ...
+
+    def node(self, uuid: str) -> ComputeNode | None: ...
+
+    def instance_version(self, uuid: str) -> Version | None: ...
+
+    def node_version(self, uuid: str) -> Version | None: ...
+
+    def node_uuids_of_host(self, host: str) -> Collection[str]: ...
+
+    def node_uuid_of_hypervisor(self, hypervisor_hostname: str) -> str | None: ...
+
+    def instance_uuids_on_node(self, node_uuid: str) -> list[str]: ...
+
+
+# Write operations of a plan, committed in order by ComputeModel.
+PUT_NODE = "put_node"  # (PUT_NODE, node, version or None: keep)
+DROP_NODE = "drop_node"  # (DROP_NODE, uuid)
+PUT_INSTANCE = "put_instance"  # (PUT_INSTANCE, instance, version or None: keep)
+DROP_INSTANCE = "drop_instance"  # (DROP_INSTANCE, uuid)
+BURY_INSTANCE = "bury_instance"  # (BURY_INSTANCE, uuid, version, reason): tombstone
+LIFT_INSTANCE = "lift_instance"  # (LIFT_INSTANCE, uuid): tombstone removed
+BURY_HOST = "bury_host"  # (BURY_HOST, host, version, reason)
+LIFT_HOST = "lift_host"  # (LIFT_HOST, host)
+
+
+class Plan:
+    """Every write one event makes, in the order they must be committed, and its records.
+
+    ``changes`` are the change records without their revision: (kind, op, element, changed);
+    the commit numbers them. ``refusal`` is set when the event is refused (no writes then).
+    """
+
+    __slots__ = ("cause", "changes", "m", "refusal", "writes")
+
+    def __init__(self, model: ModelView, cause: Cause) -> None:
         self.m = model
-        self.now = now
         self.cause = cause
-        self.records: list[ChangeRecord] = []
-
-    def record(
-        self,
-        kind: Kind,
-        op: Op,
-        element: Instance | ComputeNode,
-        changed: dict[str, tuple[Any, Any]],
-    ) -> None:
-        self.m.revision += 1
-        self.records.append(
-            ChangeRecord(
-                self.m.revision, self.now, kind, op, element.uuid, changed, element, self.cause
-            )
-        )
+        self.writes: list[tuple[Any, ...]] = []
+        self.changes: list[tuple[Kind, Op, ComputeNode | Instance, dict[str, tuple[Any, Any]]]] = []
+        self.refusal: Outcome | None = None
 
     # -- compute nodes -------------------------------------------------------------------------
 
     def put_node(self, new: ComputeNode, version: Version | None = None) -> None:
-        m = self.m
-        old = m._nodes.get(new.uuid)
-        if version is not None:
-            m._node_versions[new.uuid] = version
+        old = self.m.node(new.uuid)
         if old == new:
+            if version is not None:
+                self.writes.append((PUT_NODE, new, version))
             return
+        self.writes.append((PUT_NODE, new, version))
         if old is None:
-            m._graph.add_node(new.uuid)
+            self.changes.append(("compute_node", "add", new, {}))
         else:
-            self._unindex_node(old)
-        m._nodes[new.uuid] = new
-        if new.hostname is not None:
-            m._nodes_by_host.setdefault(new.hostname, set()).add(new.uuid)
-        if new.hypervisor_hostname is not None:
-            m._node_by_hypervisor[new.hypervisor_hostname] = new.uuid
-        if old is None:
-            self.record("compute_node", "add", new, {})
-        else:
-            self.record("compute_node", "update", new, _diff(old, new))
-
-    def _unindex_node(self, old: ComputeNode) -> None:
-        m = self.m
-        if old.hostname is not None:
-            members = m._nodes_by_host.get(old.hostname)
-            if members is not None:
-                members.discard(old.uuid)
-                if not members:
-                    del m._nodes_by_host[old.hostname]
-        hypervisor = old.hypervisor_hostname
-        if hypervisor is not None and m._node_by_hypervisor.get(hypervisor) == old.uuid:
-            del m._node_by_hypervisor[hypervisor]
+            self.changes.append(("compute_node", "update", new, _diff(old, new)))
 
     def drop_node(self, uuid: str, replacement: str | None = None) -> None:
         """Remove a node; its instances move to ``replacement`` (or to no node)."""
-        m = self.m
-        old = m._nodes.get(uuid)
+        old = self.m.node(uuid)
         if old is None:
             return
-        for inst_uuid in list(m._graph.neighbors(uuid)):
-            inst = m._instances[inst_uuid]
+        instance = self.m.instance
+        for inst_uuid in self.m.instance_uuids_on_node(uuid):
+            inst = instance(inst_uuid)
+            assert inst is not None
             self.put_instance(inst._replace(compute_node_uuid=replacement))
-        self._unindex_node(old)
-        del m._nodes[uuid]
-        m._node_versions.pop(uuid, None)
-        m._graph.remove_node(uuid)
-        self.record("compute_node", "remove", old, {})
+        self.writes.append((DROP_NODE, uuid))
+        self.changes.append(("compute_node", "remove", old, {}))
 
     def resolve_node(self, host: str | None, node: str | None) -> str | None:
         """The node uuid an instance on (host, node) belongs to, creating a placeholder if none."""
@@ -136,11 +138,12 @@ class _Writer:
         found = known_node(m, host, node)
         if found is not NEEDS_WRITE:
             return found
-        on_host = m._nodes_by_host.get(host, ()) if host is not None else ()
+        on_host = m.node_uuids_of_host(host) if host is not None else ()
         if node is not None:
             # A node the service announced before its hypervisor was seen: name it now.
-            for uuid in on_host:
-                candidate = m._nodes[uuid]
+            for uuid in sorted(on_host):
+                candidate = m.node(uuid)
+                assert candidate is not None
                 if candidate.hypervisor_hostname is None:
                     self.put_node(candidate._replace(hypervisor_hostname=node))
                     return uuid
@@ -156,66 +159,48 @@ class _Writer:
             hypervisor_hostname=node,
             placeholder=True,
         )
-        existing = m._nodes.get(placeholder.uuid)
-        if existing is not None:
-            return existing.uuid
+        if m.node(placeholder.uuid) is not None:
+            return placeholder.uuid
         self.put_node(placeholder, NO_VERSION)
         return placeholder.uuid
 
     # -- instances -----------------------------------------------------------------------------
 
     def put_instance(self, new: Instance, version: Version | None = None) -> None:
-        m = self.m
-        uuid = new.uuid
-        old = m._instances.get(uuid)
-        if version is not None:
-            m._instance_versions[uuid] = version
+        old = self.m.instance(new.uuid)
         if old == new:
+            if version is not None:
+                self.writes.append((PUT_INSTANCE, new, version))
             return
-        g = m._graph
+        self.writes.append((PUT_INSTANCE, new, version))
         if old is None:
-            g.add_node(uuid)
-        if old is None or old.compute_node_uuid != new.compute_node_uuid:
-            if old is not None and old.compute_node_uuid is not None:
-                g.remove_edge(uuid, old.compute_node_uuid)
-            if new.compute_node_uuid is not None:
-                g.add_edge(uuid, new.compute_node_uuid)
-        if old is None or old.project_id != new.project_id:
-            if old is not None:
-                _discard(m._instances_by_project, old.project_id, uuid)
-            m._instances_by_project.setdefault(new.project_id, set()).add(uuid)
-        m._instances[uuid] = new
-        if old is None:
-            self.record("instance", "add", new, {})
+            self.changes.append(("instance", "add", new, {}))
         else:
-            self.record("instance", "update", new, _diff(old, new))
+            self.changes.append(("instance", "update", new, _diff(old, new)))
 
     def drop_instance(self, uuid: str) -> None:
-        m = self.m
-        old = m._instances.pop(uuid, None)
-        m._instance_versions.pop(uuid, None)
+        old = self.m.instance(uuid)
         if old is None:
             return
-        m._graph.remove_node(uuid)
-        _discard(m._instances_by_project, old.project_id, uuid)
-        self.record("instance", "remove", old, {})
+        self.writes.append((DROP_INSTANCE, uuid))
+        self.changes.append(("instance", "remove", old, {}))
 
 
 NEEDS_WRITE: Any = object()
 """What :func:`known_node` returns when the node can only be found by writing (a placeholder)."""
 
 
-def known_node(m: ComputeModel, host: str | None, node: str | None) -> Any:
+def known_node(m: ModelView, host: str | None, node: str | None) -> Any:
     """The node uuid an instance on (host, node) belongs to, or None, when finding it takes no
-    write; :data:`NEEDS_WRITE` when only :meth:`_Writer.resolve_node` can (placeholders)."""
+    write; :data:`NEEDS_WRITE` when only :meth:`Plan.resolve_node` can (placeholders)."""
     if host is None and node is None:
         return None
     if node is not None:
-        found = m._node_by_hypervisor.get(node)
+        found = m.node_uuid_of_hypervisor(node)
         if found is not None:
             return found
         return NEEDS_WRITE
-    on_host = m._nodes_by_host.get(host, ()) if host is not None else ()
+    on_host = m.node_uuids_of_host(host) if host is not None else ()
     if len(on_host) == 1:
         return next(iter(on_host))
     if on_host:
@@ -227,37 +212,28 @@ def merged_instance(
     base: Instance, ev: InstanceObserved, host: Any, node: Any, node_uuid: str | None
 ) -> Instance:
     """``base`` with the fields ``ev`` proves (host and node already merged by the caller)."""
-    # Unpacked by position and built with tuple.__new__ (what a NamedTuple's __new__ does,
-    # minus the argument binding): this runs for every instance notification and listed server.
-    (uuid, _, _, name, project, user, _, _, vm_state, power, task, flavor, locked, metadata) = ev
     u = UNKNOWN
-    return _new_tuple(
-        Instance,
-        (
-            uuid,
-            base.name if name is u else name,
-            base.project_id if project is u else project,
-            base.user_id if user is u else user,
-            host,
-            node,
-            node_uuid,
-            base.vm_state if vm_state is u else vm_state,
-            base.power_state if power is u else power,
-            base.task_state if task is u else task,
-            base.flavor if flavor is u else flavor,
-            base.locked if locked is u else locked,
-            base.metadata if metadata is u else metadata,
-        ),
+    return Instance(
+        uuid=ev.uuid,
+        name=base.name if ev.name is u else ev.name,
+        project_id=base.project_id if ev.project_id is u else ev.project_id,
+        user_id=base.user_id if ev.user_id is u else ev.user_id,
+        host=host,
+        node=node,
+        compute_node_uuid=node_uuid,
+        vm_state=base.vm_state if ev.vm_state is u else ev.vm_state,
+        power_state=base.power_state if ev.power_state is u else ev.power_state,
+        task_state=base.task_state if ev.task_state is u else ev.task_state,
+        flavor=base.flavor if ev.flavor is u else ev.flavor,
+        locked=base.locked if ev.locked is u else ev.locked,
+        metadata=base.metadata if ev.metadata is u else ev.metadata,
     )
 
 
-_new_tuple = tuple.__new__
-
-
-def first_sight(m: ComputeModel, ev: InstanceObserved) -> Instance | None:
+def first_sight(m: ModelView, ev: InstanceObserved) -> Instance | None:
     """The element applying ``ev`` would create for an instance ``m`` has never held, when that
     takes no other write (its node is known, or it names none); None otherwise."""
-    if ev.uuid in m._instances or ev.uuid in m.instance_tombstones:
+    if m.instance(ev.uuid) is not None or ev.uuid in m.instance_tombstones:
         return None
     host = None if ev.host is UNKNOWN else ev.host
     node = None if ev.node is UNKNOWN else ev.node
@@ -267,37 +243,30 @@ def first_sight(m: ComputeModel, ev: InstanceObserved) -> Instance | None:
     return merged_instance(_NO_INSTANCE, ev, host, node, node_uuid)
 
 
-def apply_event(model: ComputeModel, event: Any, now: float) -> tuple[Outcome, list[ChangeRecord]]:
-    if now >= model._next_purge:  # expiry to the second is plenty for a TTL of minutes
-        model.instance_tombstones.purge(now)
-        model.host_tombstones.purge(now)
-        model._next_purge = now + 1.0
-    message_id = event.cause.message_id
-    if message_id is not None:
-        seen = model._seen_messages
-        if message_id in seen:
-            return Outcome.DUPLICATE, []
-        if model._dedupe_window:
-            seen[message_id] = None
-            if len(seen) > model._dedupe_window:
-                seen.popitem(last=False)
+def plan(model: ModelView, event: Any, now: float, overrule: bool = False) -> Plan:
+    """The writes ``event`` makes to ``model`` (read, never changed), or its refusal.
+
+    ``now`` is the model's clock (tombstones are written with it); ``overrule`` as in the
+    module docstring. Raises TypeError for an object that is not a model event."""
     handler = _HANDLERS.get(type(event))
     if handler is None:
         raise TypeError(f"not a model event: {type(event).__name__}")
-    w = _Writer(model, now, event.cause)
-    outcome = handler(w, event)
-    if outcome is Outcome.UNCHANGED and w.records:
-        outcome = Outcome.CHANGED
-    return outcome, w.records
+    p = Plan(model, event.cause)
+    p.refusal = handler(p, event, now, overrule)
+    return p
 
 
-def _instance_observed(w: _Writer, ev: InstanceObserved) -> Outcome:
-    m = w.m
+def _instance_observed(p: Plan, ev: InstanceObserved, now: float, overrule: bool) -> Outcome | None:
+    m = p.m
     uuid = ev.uuid
     if uuid in m.instance_tombstones:
-        return Outcome.TOMBSTONED
-    old = m._instances.get(uuid)
-    if old is not None and ev.version.older_than(m._instance_versions[uuid]):
+        if not overrule:
+            return Outcome.TOMBSTONED
+        p.writes.append((LIFT_INSTANCE, uuid))
+    old = m.instance(uuid)
+    if (
+        old is not None and not overrule and ev.version.older_than(m.instance_version(uuid))  # type: ignore[arg-type]
+    ):
         return Outcome.STALE
     base = old if old is not None else _NO_INSTANCE
     host = base.host if ev.host is UNKNOWN else ev.host
@@ -307,83 +276,103 @@ def _instance_observed(w: _Writer, ev: InstanceObserved) -> Outcome:
     elif old is not None and host == old.host and node == old.node and old.compute_node_uuid:
         node_uuid = old.compute_node_uuid
     else:
-        node_uuid = w.resolve_node(host, node)
-    new = merged_instance(base, ev, host, node, node_uuid)
-    w.put_instance(new, ev.version)
-    return Outcome.UNCHANGED
+        node_uuid = p.resolve_node(host, node)
+    p.put_instance(merged_instance(base, ev, host, node, node_uuid), ev.version)
+    return None
 
 
-def _instance_deleted(w: _Writer, ev: InstanceDeleted) -> Outcome:
-    m = w.m
+def _instance_deleted(p: Plan, ev: InstanceDeleted, now: float, overrule: bool) -> Outcome | None:
+    m = p.m
     if ev.uuid in m.instance_tombstones:
         return Outcome.TOMBSTONED
-    current = m._instance_versions.get(ev.uuid)
-    if current is not None and ev.version.older_than(current):
-        # Only an audit can be older than what we hold: the instance was (re)seen after the
-        # listing was taken, so its absence from the listing proves nothing.
+    current = m.instance_version(ev.uuid)
+    if current is not None and not overrule and ev.version.older_than(current):
+        # Only a listing can be older than what we hold: the instance was (re)seen after the
+        # listing was taken, so the listing's word is out of date.
         return Outcome.STALE
-    m.instance_tombstones.add(ev.uuid, ev.version, ev.reason, w.now)
-    w.drop_instance(ev.uuid)
-    return Outcome.UNCHANGED
+    p.writes.append((BURY_INSTANCE, ev.uuid, ev.version, ev.reason))
+    p.drop_instance(ev.uuid)
+    return None
 
 
-def _service_observed(w: _Writer, ev: ServiceObserved) -> Outcome:
-    m = w.m
+def _instance_absent(p: Plan, ev: InstanceAbsent, now: float, overrule: bool) -> Outcome | None:
+    m = p.m
+    if ev.uuid in m.instance_tombstones:
+        return Outcome.TOMBSTONED
+    current = m.instance_version(ev.uuid)
+    if current is None:
+        return None
+    if _seen_since(current, ev.listed_at) or ev.version.older_than(current):
+        return Outcome.STALE
+    p.writes.append((BURY_INSTANCE, ev.uuid, ev.version, "absent from a listing"))
+    p.drop_instance(ev.uuid)
+    return None
+
+
+def _seen_since(stored: Version | None, moment: float) -> bool:
+    """Whether the model stored an observation of the element at or after ``moment``."""
+    return stored is not None and stored.seen_at is not None and stored.seen_at >= moment
+
+
+def _service_observed(p: Plan, ev: ServiceObserved, now: float, overrule: bool) -> Outcome | None:
+    m = p.m
     stone = m.host_tombstones.get(ev.host)
     if stone is not None:
         if not stone.version.older_than(ev.version):
             return Outcome.TOMBSTONED
-        m.host_tombstones.discard(ev.host)  # the service was created again since
-    members = m._nodes_by_host.get(ev.host)
+        p.writes.append((LIFT_HOST, ev.host))  # the service was created again since
+    members = m.node_uuids_of_host(ev.host)
     if not members:
-        w.put_node(
-            _with_service(
-                ComputeNode(
-                    uuid=placeholder_uuid(ev.host, None),
-                    hostname=ev.host,
-                    hypervisor_hostname=None,
-                    placeholder=True,
-                ),
-                ev,
-            ),
-            ev.version,
+        placeholder = ComputeNode(
+            uuid=placeholder_uuid(ev.host, None),
+            hostname=ev.host,
+            hypervisor_hostname=None,
+            placeholder=True,
         )
-        return Outcome.UNCHANGED
+        p.put_node(_with_service(placeholder, ev), ev.version)
+        return None
     applied = False
     for uuid in sorted(members):
-        if ev.version.older_than(m._node_versions.get(uuid, NO_VERSION)):
+        if not overrule and ev.version.older_than(m.node_version(uuid) or NO_VERSION):
             continue
         applied = True
-        w.put_node(_with_service(m._nodes[uuid], ev), ev.version)
-    return Outcome.UNCHANGED if applied else Outcome.STALE
+        node = m.node(uuid)
+        assert node is not None
+        p.put_node(_with_service(node, ev), ev.version)
+    return None if applied else Outcome.STALE
 
 
-def _service_deleted(w: _Writer, ev: ServiceDeleted) -> Outcome:
-    m = w.m
-    members = sorted(m._nodes_by_host.get(ev.host, ()))
-    if any(ev.version.older_than(m._node_versions.get(u, NO_VERSION)) for u in members):
+def _service_deleted(p: Plan, ev: ServiceDeleted, now: float, overrule: bool) -> Outcome | None:
+    m = p.m
+    members = sorted(m.node_uuids_of_host(ev.host))
+    if not overrule and any(
+        ev.version.older_than(m.node_version(u) or NO_VERSION) for u in members
+    ):
         return Outcome.STALE
-    m.host_tombstones.add(ev.host, ev.version, "service deleted", w.now)
+    p.writes.append((BURY_HOST, ev.host, ev.version, "service deleted"))
     for uuid in members:
-        w.drop_node(uuid)
-    return Outcome.UNCHANGED
+        p.drop_node(uuid)
+    return None
 
 
-def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
-    m = w.m
-    current = m._nodes.get(ev.uuid)
+def _hypervisor_observed(
+    p: Plan, ev: HypervisorObserved, now: float, overrule: bool
+) -> Outcome | None:
+    m = p.m
+    current = m.node(ev.uuid)
     previous: str | None = None
     if current is not None:
-        if ev.version.older_than(m._node_versions.get(ev.uuid, NO_VERSION)):
+        if not overrule and ev.version.older_than(m.node_version(ev.uuid) or NO_VERSION):
             return Outcome.STALE
         base = current
     else:
         # Whatever held this hypervisor's name before (a placeholder, or a node Nova has since
         # re-created under a new uuid) is replaced, passing on the service status it learned.
         previous = _occupant(m, ev)
+        previous_node = m.node(previous) if previous is not None else None
         base = (
-            m._nodes[previous]
-            if previous is not None
+            previous_node
+            if previous_node is not None
             else ComputeNode(uuid=ev.uuid, hostname=None, hypervisor_hostname=None)
         )
     new = base._replace(
@@ -400,31 +389,34 @@ def _hypervisor_observed(w: _Writer, ev: HypervisorObserved) -> Outcome:
         else ev.disabled_reason,
         placeholder=False,
     )
-    w.put_node(new, ev.version)  # the real node first, so the instances can move to it
+    p.put_node(new, ev.version)  # the real node first, so the instances can move to it
     if previous is not None:
-        w.drop_node(previous, replacement=ev.uuid)
-    return Outcome.UNCHANGED
+        p.drop_node(previous, replacement=ev.uuid)
+    return None
 
 
-def _compute_node_gone(w: _Writer, ev: ComputeNodeGone) -> Outcome:
-    m = w.m
-    if ev.uuid not in m._nodes:
-        return Outcome.UNCHANGED
-    if ev.version.older_than(m._node_versions.get(ev.uuid, NO_VERSION)):
+def _compute_node_absent(
+    p: Plan, ev: ComputeNodeAbsent, now: float, overrule: bool
+) -> Outcome | None:
+    m = p.m
+    if m.node(ev.uuid) is None:
+        return None
+    current = m.node_version(ev.uuid) or NO_VERSION
+    if _seen_since(current, ev.listed_at) or ev.version.older_than(current):
         return Outcome.STALE
-    w.drop_node(ev.uuid)
-    return Outcome.UNCHANGED
+    p.drop_node(ev.uuid)
+    return None
 
 
-def _occupant(m: ComputeModel, ev: HypervisorObserved) -> str | None:
+def _occupant(m: ModelView, ev: HypervisorObserved) -> str | None:
     if ev.hypervisor_hostname is not None:
-        found = m._node_by_hypervisor.get(ev.hypervisor_hostname)
+        found = m.node_uuid_of_hypervisor(ev.hypervisor_hostname)
         if found is not None and found != ev.uuid:
             return found
     if ev.host is not None:
-        for uuid in sorted(m._nodes_by_host.get(ev.host, ())):
-            node = m._nodes[uuid]
-            if node.placeholder and node.hypervisor_hostname is None:
+        for uuid in sorted(m.node_uuids_of_host(ev.host)):
+            node = m.node(uuid)
+            if node is not None and node.placeholder and node.hypervisor_hostname is None:
                 return uuid
     return None
 
@@ -458,19 +450,12 @@ def _diff(old: ComputeNode | Instance, new: ComputeNode | Instance) -> dict[str,
     return changed
 
 
-def _discard(index: dict[Any, set[str]], key: Any, uuid: str) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.discard(uuid)
-        if not members:
-            del index[key]
-
-
 _HANDLERS: dict[type, Any] = {
     InstanceObserved: _instance_observed,
     InstanceDeleted: _instance_deleted,
+    InstanceAbsent: _instance_absent,
     ServiceObserved: _service_observed,
     ServiceDeleted: _service_deleted,
     HypervisorObserved: _hypervisor_observed,
-    ComputeNodeGone: _compute_node_gone,
+    ComputeNodeAbsent: _compute_node_absent,
 }

@@ -11,6 +11,7 @@ source host) update the model without corrupting it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from enum import Enum
 from typing import Final, Literal, NamedTuple, TypeAlias
@@ -37,11 +38,17 @@ class Version(NamedTuple):
     Both are POSIX seconds or ``None``. Nova's ``updated_at`` has one-second resolution and is the
     stamp of the write *before* the one a notification reports, but it never decreases, so it
     orders observations from different publishers; the envelope timestamp breaks ties and orders
-    observations that carry no ``updated_at`` (legacy payloads, service events).
+    observations that carry no ``updated_at`` (legacy payloads, service events). Both come from
+    the clocks of Nova's hosts, which may disagree: see ``seen_at``.
+
+    ``seen_at`` is when the model stored the observation, by cdm-sync's own clock: events carry
+    ``None``, the model sets it. It is never compared with the other two (different clocks); it
+    decides what a listing's absence may delete, and whether an audit may overrule.
     """
 
     updated_at: float | None
     timestamp: float | None
+    seen_at: float | None = None
 
     def older_than(self, other: Version) -> bool:
         """True when this observation is known to predate ``other``."""
@@ -139,35 +146,77 @@ class HypervisorObserved(NamedTuple):
     disabled_reason: MaybeStr = UNKNOWN
 
 
-class ComputeNodeGone(NamedTuple):
-    """A complete listing no longer has this compute node."""
+class InstanceAbsent(NamedTuple):
+    """A complete listing that began at ``listed_at`` (cdm-sync's clock) lacks this instance.
+
+    Absence is no proof for an instance the model has observed since then (it may have been
+    created while the listing ran): that one is kept. Otherwise it is deleted and tombstoned.
+    ``version``, for offline audits only (a snapshot file and a trace recorded on one clock):
+    the listing's own version; what the model holds a newer version of is kept too.
+    """
 
     uuid: str
-    version: Version
+    listed_at: float
     cause: Cause
+    version: Version = NO_VERSION
+
+
+class ComputeNodeAbsent(NamedTuple):
+    """A complete listing that began at ``listed_at`` (cdm-sync's clock) lacks this compute
+    node; kept, as for :class:`InstanceAbsent`, if observed since (or newer than ``version``)."""
+
+    uuid: str
+    listed_at: float
+    cause: Cause
+    version: Version = NO_VERSION
 
 
 Event: TypeAlias = (
     InstanceObserved
     | InstanceDeleted
+    | InstanceAbsent
     | ServiceObserved
     | ServiceDeleted
     | HypervisorObserved
-    | ComputeNodeGone
+    | ComputeNodeAbsent
 )
+
+
+def interned(event: Event) -> Event:
+    """``event`` with the strings many instances repeat (project, user, host, node, task state)
+    interned, so a model of 200,000 instances holds one copy of each; any other event as is.
+
+    For events read without interning (an audit's listing is compared and mostly dropped)
+    before one of them enters a model."""
+    if type(event) is not InstanceObserved:
+        return event
+    return event._replace(
+        project_id=_maybe_intern(event.project_id),
+        user_id=_maybe_intern(event.user_id),
+        host=_maybe_intern(event.host),
+        node=_maybe_intern(event.node),
+        task_state=_maybe_intern(event.task_state),
+    )
+
+
+def _maybe_intern(value: object) -> object:
+    return sys.intern(value) if type(value) is str else value
+
 
 __all__ = [
     "EMPTY_METADATA",
     "NO_VERSION",
     "UNKNOWN",
     "Cause",
-    "ComputeNodeGone",
+    "ComputeNodeAbsent",
     "Event",
     "HypervisorObserved",
+    "InstanceAbsent",
     "InstanceDeleted",
     "InstanceObserved",
     "ServiceDeleted",
     "ServiceObserved",
     "Source",
     "Version",
+    "interned",
 ]

@@ -23,7 +23,8 @@ from typing import Any
 
 import networkx as nx
 
-from cdm_sync.model.apply import Outcome, apply_event, first_sight
+from cdm_sync.model import apply as rules
+from cdm_sync.model.apply import Outcome, Plan
 from cdm_sync.model.changes import ChangeRecord
 from cdm_sync.model.elements import ComputeNode, Instance
 from cdm_sync.model.events import Event, InstanceObserved, Version
@@ -111,23 +112,148 @@ class ComputeModel:
         self._next_purge = 0.0
         self._dedupe_window = dedupe_window
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The model's clock: tombstone expiry and every element's ``seen_at`` use it."""
+        return self._clock
+
     # -- writing -----------------------------------------------------------------------------
 
     def apply(self, event: Event) -> list[ChangeRecord]:
         """Apply one typed event; return the change records it produced (maybe none)."""
         return self.apply_with_outcome(event)[1]
 
-    def apply_with_outcome(self, event: Event) -> tuple[Outcome, list[ChangeRecord]]:
-        """Like :meth:`apply`, also saying why nothing changed (stale, duplicate, ...)."""
+    def apply_with_outcome(
+        self, event: Event, *, overrule: bool = False
+    ) -> tuple[Outcome, list[ChangeRecord]]:
+        """Like :meth:`apply`, also saying why nothing changed (stale, duplicate, ...).
+
+        All or nothing: the event's writes are planned first (:func:`cdm_sync.model.apply.plan`)
+        and committed together; if planning raises, the model, its revision, tombstones and
+        the remembered message ids are as before, so a redelivered message applies.
+        ``overrule``: see :mod:`cdm_sync.model.apply` (audits only)."""
         with self._lock:
-            return apply_event(self, event, self._clock())
+            now = self._clock()
+            if now >= self._next_purge:  # expiry to the second is plenty for a TTL of minutes
+                self.instance_tombstones.purge(now)
+                self.host_tombstones.purge(now)
+                self._next_purge = now + 1.0
+            message_id = event.cause.message_id
+            if message_id is not None and message_id in self._seen_messages:
+                return Outcome.DUPLICATE, []
+            plan = rules.plan(self, event, now, overrule)
+            records = self._commit(plan, now, message_id)
+        if plan.refusal is not None:
+            return plan.refusal, records
+        return (Outcome.CHANGED if records else Outcome.UNCHANGED), records
 
     def preview_new_instance(self, event: InstanceObserved) -> Instance | None:
         """The element :meth:`apply` would make of ``event`` for an instance this model has
         never held, when that takes no other write (its node is known, or it names none);
         None otherwise. Changes nothing: for a private model built in bulk (an audit's shadow),
         where applying each listed server would only produce records nobody reads."""
-        return first_sight(self, event)
+        return rules.first_sight(self, event)
+
+    def _commit(self, plan: Plan, now: float, message_id: str | None) -> list[ChangeRecord]:
+        """Take every write of ``plan``, in order (only in-memory writes that cannot fail)."""
+        for write in plan.writes:
+            op = write[0]
+            if op == rules.PUT_INSTANCE:
+                self._put_instance(write[1], write[2], now)
+            elif op == rules.PUT_NODE:
+                self._put_node(write[1], write[2], now)
+            elif op == rules.DROP_INSTANCE:
+                self._drop_instance(write[1])
+            elif op == rules.DROP_NODE:
+                self._drop_node(write[1])
+            elif op == rules.BURY_INSTANCE:
+                self.instance_tombstones.add(write[1], write[2], write[3], now)
+            elif op == rules.LIFT_INSTANCE:
+                self.instance_tombstones.discard(write[1])
+            elif op == rules.BURY_HOST:
+                self.host_tombstones.add(write[1], write[2], write[3], now)
+            elif op == rules.LIFT_HOST:
+                self.host_tombstones.discard(write[1])
+            else:  # a bug in the rules: fail before anything else is taken
+                raise AssertionError(f"unknown write {op!r}")
+        if message_id is not None and self._dedupe_window:
+            seen = self._seen_messages
+            seen[message_id] = None
+            if len(seen) > self._dedupe_window:
+                seen.popitem(last=False)
+        if not plan.changes:
+            return []
+        cause = plan.cause
+        revision = self.revision
+        records = []
+        for kind, op, element, changed in plan.changes:
+            revision += 1
+            records.append(
+                ChangeRecord(revision, now, kind, op, element.uuid, changed, element, cause)
+            )
+        self.revision = revision
+        return records
+
+    def _put_node(self, new: ComputeNode, version: Version | None, now: float) -> None:
+        uuid = new.uuid
+        if version is not None:
+            self._node_versions[uuid] = Version(version.updated_at, version.timestamp, now)
+        old = self._nodes.get(uuid)
+        if old == new:
+            return
+        if old is None:
+            self._graph.add_node(uuid)
+        else:
+            self._unindex_node(old)
+        self._nodes[uuid] = new
+        if new.hostname is not None:
+            self._nodes_by_host.setdefault(new.hostname, set()).add(uuid)
+        if new.hypervisor_hostname is not None:
+            self._node_by_hypervisor[new.hypervisor_hostname] = uuid
+
+    def _unindex_node(self, old: ComputeNode) -> None:
+        if old.hostname is not None:
+            _discard(self._nodes_by_host, old.hostname, old.uuid)
+        hypervisor = old.hypervisor_hostname
+        if hypervisor is not None and self._node_by_hypervisor.get(hypervisor) == old.uuid:
+            del self._node_by_hypervisor[hypervisor]
+
+    def _drop_node(self, uuid: str) -> None:
+        old = self._nodes.pop(uuid, None)
+        if old is None:
+            return
+        self._unindex_node(old)
+        self._node_versions.pop(uuid, None)
+        self._graph.remove_node(uuid)
+
+    def _put_instance(self, new: Instance, version: Version | None, now: float) -> None:
+        uuid = new.uuid
+        if version is not None:
+            self._instance_versions[uuid] = Version(version.updated_at, version.timestamp, now)
+        old = self._instances.get(uuid)
+        if old == new:
+            return
+        g = self._graph
+        if old is None:
+            g.add_node(uuid)
+        if old is None or old.compute_node_uuid != new.compute_node_uuid:
+            if old is not None and old.compute_node_uuid is not None:
+                g.remove_edge(uuid, old.compute_node_uuid)
+            if new.compute_node_uuid is not None:
+                g.add_edge(uuid, new.compute_node_uuid)
+        if old is None or old.project_id != new.project_id:
+            if old is not None:
+                _discard(self._instances_by_project, old.project_id, uuid)
+            self._instances_by_project.setdefault(new.project_id, set()).add(uuid)
+        self._instances[uuid] = new
+
+    def _drop_instance(self, uuid: str) -> None:
+        old = self._instances.pop(uuid, None)
+        self._instance_versions.pop(uuid, None)
+        if old is None:
+            return
+        self._graph.remove_node(uuid)
+        _discard(self._instances_by_project, old.project_id, uuid)
 
     # -- point reads (lock-free) ---------------------------------------------------------------
 
@@ -141,6 +267,18 @@ class ComputeModel:
         uuid = self._node_by_hypervisor.get(hypervisor_hostname)
         return self._nodes.get(uuid) if uuid is not None else None
 
+    def node_uuid_of_hypervisor(self, hypervisor_hostname: str) -> str | None:
+        return self._node_by_hypervisor.get(hypervisor_hostname)
+
+    def node_uuids_of_host(self, host: str) -> frozenset[str]:
+        return frozenset(self._nodes_by_host.get(host, ()))
+
+    def instance_uuids_on_node(self, node_uuid: str) -> list[str]:
+        with self._lock:
+            if node_uuid not in self._nodes:
+                return []
+            return list(self._graph.neighbors(node_uuid))
+
     def node_of_instance(self, uuid: str) -> ComputeNode | None:
         inst = self._instances.get(uuid)
         if inst is None or inst.compute_node_uuid is None:
@@ -148,10 +286,16 @@ class ComputeModel:
         return self._nodes.get(inst.compute_node_uuid)
 
     def instance_version(self, uuid: str) -> Version | None:
+        """The version of the observation the model holds, with its ``seen_at``."""
         return self._instance_versions.get(uuid)
 
     def node_version(self, uuid: str) -> Version | None:
         return self._node_versions.get(uuid)
+
+    def seen_at(self, uuid: str) -> float | None:
+        """When (the model's clock) the instance or node was last observed, if it is held."""
+        version = self._instance_versions.get(uuid) or self._node_versions.get(uuid)
+        return version.seen_at if version is not None else None
 
     def __len__(self) -> int:
         return len(self._instances)
@@ -208,10 +352,6 @@ class ComputeModel:
             wanted = {power_state} if isinstance(power_state, str) else set(power_state)
             found = [i for i in found if i.power_state in wanted]
         return found
-
-    def projects(self) -> list[str]:
-        with self._lock:
-            return [p for p, members in self._instances_by_project.items() if p and members]
 
     def usage(self, node_uuid: str) -> NodeUsage | None:
         """Capacity of a node against the flavors of the instances on it."""
@@ -296,3 +436,11 @@ def _usage(node: ComputeNode, members: list[Instance]) -> NodeUsage:
         memory_mb_used=sum(i.memory_mb or 0 for i in members),
         disk_gb_used=sum(i.disk_gb or 0 for i in members),
     )
+
+
+def _discard(index: dict[Any, set[str]], key: Any, uuid: str) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(uuid)
+        if not members:
+            del index[key]

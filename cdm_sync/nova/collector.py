@@ -57,7 +57,7 @@ from cdm_sync.nova.auth import (
     session_from_conf,
 )
 from cdm_sync.nova.payloads import COMPUTE_BINARY
-from cdm_sync.nova.snapshot import Snapshot
+from cdm_sync.nova.snapshot import Snapshot, listing_of
 from cdm_sync.runtime import gc_paused
 from cdm_sync.sync.ports import Listing, ListingError, Progress
 
@@ -109,10 +109,10 @@ class _Read:
             inventories=self.inventories,
         )
 
-    def partial(self) -> Snapshot | None:
+    def partial(self) -> Listing | None:
         if self.microversion is None:
             return None  # nothing was read
-        return self.snapshot()
+        return listing_of(self.snapshot())
 
     def incomplete(self) -> list[str]:
         reasons = []
@@ -175,6 +175,12 @@ class NovaCollector:
     # -- the Collector port ------------------------------------------------------------------
 
     def full_listing(self, progress: Progress | None = None) -> Listing:
+        snapshot, incomplete = self.full_snapshot(progress)
+        return listing_of(snapshot, incomplete)
+
+    def full_snapshot(self, progress: Progress | None = None) -> tuple[Snapshot, list[str]]:
+        """What :meth:`full_listing` reads, as the compute API's items (FORMATS.md §1, for
+        ``cdm-sync snapshot``), with the reasons it is incomplete. Raises ListingError."""
         read = _Read(captured_at=self._clock())
         # Pages of decoded servers pile up (acyclic data): without the pause, the cyclic GC
         # rescans them after every page, about a third of a 200,000-server listing's time.
@@ -192,16 +198,16 @@ class NovaCollector:
                 self._list_flavors(nova, read, progress)
             if self._version >= NO_HYPERVISOR_CAPACITY:
                 self._read_inventories(read, progress)
-        listing = Listing(read.snapshot(), read.incomplete())
+        incomplete = read.incomplete()
         LOG.info(
             "Nova listing at %s: %d services, %d hypervisors, %d servers%s",
             read.microversion,
             len(read.services),
             len(read.hypervisors),
             len(read.servers),
-            f"; incomplete: {'; '.join(listing.incomplete)}" if listing.incomplete else "",
+            f"; incomplete: {'; '.join(incomplete)}" if incomplete else "",
         )
-        return listing
+        return read.snapshot(), incomplete
 
     def nodes_listing(self, progress: Progress | None = None) -> Listing:
         read = _Read(captured_at=self._clock())
@@ -212,7 +218,7 @@ class NovaCollector:
             self._list_hypervisors(nova, read, progress)
             if self._version >= NO_HYPERVISOR_CAPACITY:
                 self._read_inventories(read, progress)
-        return Listing(read.snapshot(), read.incomplete())
+        return listing_of(read.snapshot(), read.incomplete())
 
     def changes_since(self, since: float, progress: Progress | None = None) -> Listing:
         """Servers whose ``updated`` is at or after ``since`` (floored to the second), deleted
@@ -231,7 +237,7 @@ class NovaCollector:
             self._list_servers(nova, read, {"all_tenants": "1", "changes-since": stamp}, progress)
             if version < EMBEDDED_FLAVOR:
                 self._list_flavors(nova, read, progress)
-        return Listing(read.snapshot(), read.incomplete())
+        return listing_of(read.snapshot(), read.incomplete())
 
     # -- connecting --------------------------------------------------------------------------
 

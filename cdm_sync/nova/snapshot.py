@@ -13,8 +13,7 @@ import contextlib
 import json
 import logging
 import re
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from cdm_sync.nova.fields import (
 )
 from cdm_sync.nova.payloads import COMPUTE_BINARY
 from cdm_sync.runtime import gc_paused
+from cdm_sync.sync.ports import Listing
 
 LOG = logging.getLogger(__name__)
 
@@ -313,6 +313,23 @@ class Translation:
     rejected: list[str] = field(default_factory=list)
 
 
+def listing_of(snapshot: Snapshot, incomplete: Sequence[str] = ()) -> Listing:
+    """``snapshot`` as the collector port's :class:`~cdm_sync.sync.ports.Listing`: its items
+    are translated into events as they are read, and released (the snapshot is consumed)."""
+    translation = Translation()
+
+    def events(source: Source, intern: bool) -> Iterator[Event]:
+        return snapshot_events(snapshot, source, translation, consume=True, intern=intern)
+
+    return Listing(
+        snapshot.captured_at,
+        events,
+        server_count=snapshot.server_count,
+        incomplete=incomplete,
+        rejected=translation.rejected,
+    )
+
+
 def snapshot_events(
     snapshot: Snapshot,
     source: Source = "bootstrap",
@@ -481,7 +498,8 @@ def server_event(
     so a model of 200,000 instances holds one copy of each. Interning costs far more than
     the rest of the translation on a large listing (every lookup misses the CPU cache), so
     ``intern=False`` skips it for events that are compared and dropped (an audit's listing);
-    :func:`interned` gives such an event its shared strings before it enters a model.
+    :func:`cdm_sync.model.interned` gives such an event its shared strings before it enters a
+    model.
     """
     if type(item) is not dict and not isinstance(item, Mapping):
         raise PayloadError("not an object")
@@ -516,23 +534,6 @@ def server_event(
         opt_bool(item, "locked"),
         metadata_field(item),
     )
-
-
-def interned(event: Event) -> Event:
-    """``event`` with the strings :func:`server_event` interns interned (any other event as is)."""
-    if type(event) is not InstanceObserved:
-        return event
-    return event._replace(
-        project_id=_maybe_intern(event.project_id),
-        user_id=_maybe_intern(event.user_id),
-        host=_maybe_intern(event.host),
-        node=_maybe_intern(event.node),
-        task_state=_maybe_intern(event.task_state),
-    )
-
-
-def _maybe_intern(value: Any) -> Any:
-    return sys.intern(value) if type(value) is str else value
 
 
 # A server item's optional string fields, in the order server_event unpacks them, each with
@@ -609,7 +610,7 @@ __all__ = [
     "Snapshot",
     "SnapshotError",
     "Translation",
-    "interned",
+    "listing_of",
     "read_snapshot",
     "server_event",
     "snapshot_events",

@@ -1,11 +1,12 @@
 """Full audit: load a complete Nova listing into a shadow model, diff it with the live one, correct.
 
-The listing (a :class:`~cdm_sync.nova.snapshot.Snapshot`, from a file or a live collector) is
-first resolved in a *shadow* :class:`~cdm_sync.model.ComputeModel` that nobody reads and nothing
-publishes from (:func:`build_shadow`). The shadow resolves what the listing means (which node
-each server is on, placeholders, flavors) exactly as the live model would, so the diff is a
-comparison of immutable element tuples, cheap enough for 200,000 instances: equal elements are
-skipped at the cost of one tuple comparison. What differs becomes a correction:
+The listing (a :class:`~cdm_sync.sync.ports.Listing` of typed events, from a file or a live
+collector) is first resolved in a *shadow* :class:`~cdm_sync.model.ComputeModel` that nobody
+reads and nothing publishes from (:func:`build_shadow`). The shadow resolves what the listing
+means (which node each server is on, placeholders, flavors) exactly as the live model would,
+so the diff is a comparison of immutable element tuples, cheap enough for 200,000 instances:
+equal elements are skipped at the cost of one tuple comparison. What differs becomes a
+correction:
 
 - an element the shadow has and the live model lacks (a dropped create): ``missing``;
 - an element the live model has and the listing lacks (a dropped delete): ``ghost``;
@@ -21,17 +22,25 @@ undoes a newer notification, and no lock is held across the listing or the diff 
 keep flowing; each correction takes the writer lock only for its own apply).
 
 Deletions are inferred from absence, so they are only made when the listing can be trusted
-for them: see :func:`reconcile`'s ``untrusted`` and ``shrink_limit``. Drift is counted when a
-correction actually changed the live model (a difference the model had already repaired by a
-newer notification is not drift).
+for them (see :func:`reconcile`'s ``untrusted`` and ``shrink_limit``), and never of an element
+the live model observed after the listing began (``listed_at``, on the model's own clock:
+an instance created while the listing ran is absent from it, not gone).
+
+Clocks: versions come from the clocks of Nova's hosts, which may disagree, so a host whose clock
+runs ahead can make a correction look older than what the model holds for as long as that host
+is silent. A correction refused that way is *contested*; when the next full audit finds the same
+disagreement and nothing observed the element in between, it is applied whatever the versions
+say (``overrule``). Drift is counted when a correction actually changed the live model (a
+difference the model had already repaired by a newer notification is not drift).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,19 +48,21 @@ from cdm_sync.model import (
     UNKNOWN,
     Cause,
     ComputeModel,
-    ComputeNodeGone,
+    ComputeNodeAbsent,
     Event,
     HypervisorObserved,
     Instance,
+    InstanceAbsent,
     InstanceDeleted,
     InstanceObserved,
     Outcome,
     ServiceObserved,
     Version,
+    interned,
 )
-from cdm_sync.model.events import Source
-from cdm_sync.nova.snapshot import Snapshot, Translation, interned, snapshot_events
+from cdm_sync.model.events import NO_VERSION, Source
 from cdm_sync.runtime import gc_paused
+from cdm_sync.sync.ports import Listing
 from cdm_sync.sync.service import SyncService
 
 LOG = logging.getLogger(__name__)
@@ -65,6 +76,14 @@ COMPUTE_NODE = "compute_node"
 
 # How many drifted elements are named in the log per audit (the counts are always complete).
 LOG_SAMPLE = 10
+
+
+def drift_by_kind(drift: Mapping[tuple[str, str], int]) -> dict[str, int]:
+    """Drift counted by (element, kind), totalled by kind."""
+    totals = dict.fromkeys(DRIFT_KINDS, 0)
+    for (_, kind), n in drift.items():
+        totals[kind] += n
+    return totals
 
 
 @dataclass
@@ -82,6 +101,11 @@ class AuditReport:
     drift: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Corrections refused because the live model knew something newer than the listing.
     newer_in_model: int = 0
+    # Refused corrections, (element, uuid) -> this listing's ``listed_at``: the next full audit
+    # overrules them if it finds the same disagreement and nothing observed the element since.
+    contested: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Corrections applied over the versions the model held (see the module docstring).
+    overruled: int = 0
     # Why deletions inferred from absence were not made (None: they were, if any were due).
     deletes_skipped: str | None = None
     listed_instances: int = 0
@@ -91,10 +115,7 @@ class AuditReport:
 
     def drift_by_kind(self) -> dict[str, int]:
         """Drift totals by kind (instances and compute nodes together)."""
-        totals = dict.fromkeys(DRIFT_KINDS, 0)
-        for (_, kind), n in self.drift.items():
-            totals[kind] += n
-        return totals
+        return drift_by_kind(self.drift)
 
     @property
     def corrections(self) -> int:
@@ -105,6 +126,8 @@ class AuditReport:
         drift = ", ".join(f"{k} {v}" for k, v in self.drift_by_kind().items())
         text = f"{self.source}: {parts or 'nothing to do'}; drift {drift}"
         text += f"; change records {self.records}"
+        if self.overruled:
+            text += f"; {self.overruled} applied over newer-looking versions"
         if self.deletes_skipped:
             text += f"; deletions skipped ({self.deletes_skipped})"
         return text
@@ -129,7 +152,7 @@ class Shadow:
     rejected: list[str]
 
 
-def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool = False) -> Shadow:
+def build_shadow(listing: Listing, source: Source = "audit") -> Shadow:
     """Resolve a listing in a fresh model nobody reads; keep each element's latest event.
 
     The result is what applying every listing event to a fresh model gives, but most servers
@@ -138,15 +161,12 @@ def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool 
     without the graph edge, indexes and change record a full apply would make for nobody.
     Servers that need a placeholder node take the full apply path, in listing order. The
     previews are exact while no server is listed twice and no node follows a server (as
-    :func:`snapshot_events` yields them); a listing breaking either is applied in full instead.
+    a listing yields them); a listing breaking either is applied in full instead.
 
     Servers are read without interning their strings (the events are compared and dropped;
-    :func:`reconcile` interns the few that become corrections). With ``consume``,
-    ``snapshot``'s server items are released as they are read (see :func:`snapshot_events`):
-    for a listing nothing else will read again.
+    :func:`reconcile` interns the few that become corrections). Reads ``listing``'s events.
     """
-    translation = Translation()
-    shadow = _fresh_shadow_model(snapshot.captured_at)
+    shadow = _fresh_shadow_model(listing.captured_at)
     events: list[Event] = []
     instances: dict[str, Instance] = {}
     instance_events: dict[str, InstanceObserved | InstanceDeleted] = {}
@@ -157,7 +177,7 @@ def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool 
     servers_seen = False
     apply = shadow.apply_with_outcome
     preview = shadow.preview_new_instance
-    listed = snapshot_events(snapshot, source, translation, consume=consume, intern=False)
+    listed = listing.events(source, intern=False)
     with gc_paused(freeze=False):
         for event in listed:
             events.append(event)
@@ -195,19 +215,19 @@ def build_shadow(snapshot: Snapshot, source: Source = "audit", *, consume: bool 
                 if element is not None:
                     instances[key] = element
         else:
-            shadow = _fresh_shadow_model(snapshot.captured_at)
+            shadow = _fresh_shadow_model(listing.captured_at)
             for event in events:
                 shadow.apply_with_outcome(event)
             instances = {element.uuid: element for element in shadow.instances()}
     return Shadow(
         shadow,
         source,
-        snapshot.captured_at,
+        listing.captured_at,
         instances,
         instance_events,
         hypervisors,
         services,
-        translation.rejected,
+        listing.rejected,
     )
 
 
@@ -218,12 +238,13 @@ def _fresh_shadow_model(captured_at: float) -> ComputeModel:
 
 def reconcile(
     service: SyncService,
-    snapshot: Snapshot,
+    listing: Listing,
     source: Source = "audit",
     *,
     untrusted: Sequence[str] = (),
     shrink_limit: float | None = None,
-    consume: bool = False,
+    listed_at: float | None,
+    contested: Mapping[tuple[str, str], float] | None = None,
 ) -> AuditReport:
     """Make the live model equal to a complete listing, where the listing is newer.
 
@@ -232,25 +253,43 @@ def reconcile(
     when the listing has fewer instances or compute nodes than the live model by more than
     ``shrink_limit`` (a fraction; ``None``: no limit). Additions, updates and deletions the
     listing states explicitly (a server listed as DELETED) are applied in every case.
-    ``consume`` as in :func:`build_shadow`.
+
+    ``listed_at``: the moment, on the live model's clock, from which an observation counts as
+    newer than the listing (the listing's start, less a margin): what the model observed since
+    is never deleted for being absent, and a contested correction is overruled only if nothing
+    observed its element since the previous audit's ``listed_at``. ``None``, offline (a
+    snapshot file audited after a replayed trace, both recorded on one clock): absence is
+    judged by the listing's ``captured_at`` against the versions the model holds instead.
+    ``contested``: the previous full audit's :attr:`AuditReport.contested`. Reads
+    ``listing``'s events.
     """
     # The cyclic GC stays paused until the shadow is freed: resumed earlier, its first pass
     # would scan the million young objects the shadow is made of, for nothing (no cycles).
     with gc_paused(freeze=False):
-        return _reconcile(service, snapshot, source, untrusted, shrink_limit, consume)
+        return _reconcile(
+            service, listing, source, untrusted, shrink_limit, listed_at, contested or {}
+        )
+
+
+def _absence(listed_at: float | None, captured_at: float) -> tuple[float, Version]:
+    """(listed_at, version) of the absence events of a listing (see :func:`reconcile`)."""
+    if listed_at is None:
+        return math.inf, Version(None, captured_at)
+    return listed_at, NO_VERSION
 
 
 def _reconcile(
     service: SyncService,
-    snapshot: Snapshot,
+    listing: Listing,
     source: Source,
     untrusted: Sequence[str],
     shrink_limit: float | None,
-    consume: bool,
+    listed_at: float | None,
+    contested: Mapping[tuple[str, str], float],
 ) -> AuditReport:
     report = AuditReport(source)
     started = time.perf_counter()
-    shadow = build_shadow(snapshot, source, consume=consume)
+    shadow = build_shadow(listing, source)
     report.rejected = shadow.rejected
     report.listed_instances = len(shadow.instances)
     report.listed_nodes = sum(1 for n in shadow.model.nodes() if not n.placeholder)
@@ -266,7 +305,8 @@ def _reconcile(
         report.deletes_skipped = "; ".join(reasons)
         LOG.warning("%s: deletions skipped: %s", source.capitalize(), report.deletes_skipped)
     before = live.revision
-    submit = _Submitter(service, report)
+    absence = _absence(listed_at, listing.captured_at)
+    submit = _Submitter(service, report, absence[0], contested)
 
     # Nodes first, so that instances compare against (and move to) the right nodes.
     t0 = time.perf_counter()
@@ -274,25 +314,26 @@ def _reconcile(
     report.timings["diff"] = time.perf_counter() - t0
     submit.all(node_fixes)
     t0 = time.perf_counter()
-    instance_fixes = diff_instances(live, shadow, allow_deletes)
+    instance_fixes = diff_instances(live, shadow, allow_deletes, absence)
     report.timings["diff"] += time.perf_counter() - t0
     submit.all(instance_fixes)
     if allow_deletes:
         # After the instance corrections: a placeholder may have been emptied by them.
-        submit.all(ghost_nodes(live, shadow))
+        submit.all(ghost_nodes(live, shadow, absence))
     report.timings["apply"] = time.perf_counter() - started - sum(report.timings.values())
     report.records = live.revision - before
     _log_drift(report, submit.sample)
     return report
 
 
-def full_audit(service: SyncService, snapshot: Snapshot, source: Source = "audit") -> AuditReport:
+def full_audit(service: SyncService, listing: Listing, source: Source = "audit") -> AuditReport:
     """Make the model equal to a complete listing (where the listing is newer).
 
-    The offline form (``cdm-sync replay --audit-snapshot``): no shrink limit; deletions are
-    skipped only when listing items were rejected.
+    The offline form (``cdm-sync replay --audit-snapshot``): absence is judged by the
+    listing's capture stamp (see :func:`reconcile`), no shrink limit; deletions are skipped
+    only when listing items were rejected.
     """
-    return reconcile(service, snapshot, source)
+    return reconcile(service, listing, source, listed_at=None)
 
 
 Correction = tuple[str, str, str, Event]
@@ -326,7 +367,9 @@ def diff_nodes(live: ComputeModel, shadow: Shadow) -> list[Correction]:
     return hypervisor_fixes + list(service_fixes.values())
 
 
-def diff_instances(live: ComputeModel, shadow: Shadow, allow_deletes: bool) -> list[Correction]:
+def diff_instances(
+    live: ComputeModel, shadow: Shadow, allow_deletes: bool, absence: tuple[float, Version]
+) -> list[Correction]:
     """Corrections for instances: missing, stale (proven fields differ) and ghosts.
 
     The fast path is one dict lookup and one tuple comparison per listed instance; only
@@ -353,25 +396,25 @@ def diff_instances(live: ComputeModel, shadow: Shadow, allow_deletes: bool) -> l
             fixes.append((INSTANCE, STALE_FIELD, uuid, event))
     if allow_deletes:
         listed = shadow.instance_events
-        version = Version(None, shadow.captured_at)
         cause = Cause(shadow.source, None, None)
         for uuid in have:
             if uuid not in listed:
-                gone = InstanceDeleted(uuid, version, cause, "absent from listing")
+                gone = InstanceAbsent(uuid, absence[0], cause, absence[1])
                 fixes.append((INSTANCE, GHOST, uuid, gone))
     return fixes
 
 
-def ghost_nodes(live: ComputeModel, shadow: Shadow) -> list[Correction]:
+def ghost_nodes(
+    live: ComputeModel, shadow: Shadow, absence: tuple[float, Version]
+) -> list[Correction]:
     """Compute nodes the live model has and a trusted listing does not.
 
     A real node absent from the listing is gone. A placeholder is gone when Nova lists no
     service or hypervisor for its host and no instance is on it; one a notification created
-    after the listing started is newer than the listing and survives (the version check).
+    after the listing began survives (the apply path's check).
     """
     listed = {n.uuid for n in shadow.model.nodes()}
     listed_hosts = {n.hostname for n in shadow.model.nodes() if n.hostname is not None}
-    version = Version(None, shadow.captured_at)
     cause = Cause(shadow.source, None, None)
     fixes: list[Correction] = []
     for node in live.nodes():
@@ -381,7 +424,7 @@ def ghost_nodes(live: ComputeModel, shadow: Shadow) -> list[Correction]:
             node.hostname in listed_hosts or live.instances_on_node(node.uuid)
         ):
             continue
-        gone = ComputeNodeGone(node.uuid, version, cause)
+        gone = ComputeNodeAbsent(node.uuid, absence[0], cause, absence[1])
         fixes.append((COMPUTE_NODE, GHOST, node.uuid, gone))
     return fixes
 
@@ -404,31 +447,56 @@ def _proven_difference(current: Instance, want: Instance, event: InstanceObserve
 
 
 class _Submitter:
-    """Applies corrections one at a time (the writer lock per event, never across the batch)
-    and counts drift when a correction changed the model."""
+    """Applies corrections one at a time (the writer lock per event, never across the batch),
+    counts drift when a correction changed the model, and settles contested ones."""
 
-    def __init__(self, service: SyncService, report: AuditReport) -> None:
+    def __init__(
+        self,
+        service: SyncService,
+        report: AuditReport,
+        listed_at: float,
+        contested: Mapping[tuple[str, str], float],
+    ) -> None:
         self.service = service
         self.report = report
+        self.listed_at = listed_at
+        self.contested = contested
         self.sample: list[str] = []
         self._counted: set[tuple[str, str]] = set()
 
     def all(self, fixes: list[Correction]) -> None:
         submit = self.service.submit
+        seen_at = self.service.model.seen_at
         report = self.report
         counted = self._counted
         for element, kind, uuid, event in fixes:
+            key = (element, uuid)
+            first = self.contested.get(key)
+            absence = type(event) in _ABSENCES
+            # Two listings in a row disagree and nothing observed the element in between: the
+            # listing wins, whatever the (clock-dependent) versions say.
+            overrule = False
+            if first is not None and not absence:
+                seen = seen_at(uuid)
+                overrule = seen is None or seen < first
             # The shadow read the listing without interning; what enters the model is.
-            outcome = submit(interned(event))
+            outcome = submit(interned(event), overrule=overrule)
             report.outcomes[outcome.value] += 1
             if outcome is Outcome.CHANGED:
-                if (element, uuid) not in counted:
-                    counted.add((element, uuid))
-                    report.drift[(element, kind)] += 1
+                if overrule:
+                    report.overruled += 1
+                if key not in counted:
+                    counted.add(key)
+                    report.drift[key[0], kind] += 1
                     if len(self.sample) < LOG_SAMPLE:
                         self.sample.append(f"{element} {uuid} {kind}")
             elif outcome in (Outcome.STALE, Outcome.TOMBSTONED):
                 report.newer_in_model += 1
+                if not absence:
+                    report.contested.setdefault(key, self.listed_at)
+
+
+_ABSENCES = (InstanceAbsent, ComputeNodeAbsent)
 
 
 def _shrinkage(live: ComputeModel, report: AuditReport, limit: float) -> list[str]:
@@ -458,6 +526,14 @@ def _log_drift(report: AuditReport, sample: list[str]) -> None:
             report.newer_in_model,
             timings,
         )
+    if report.overruled:
+        LOG.warning(
+            "%s applied %d corrections over versions the model held although older-looking: "
+            "the previous audit found the same differences and nothing was observed since "
+            "(clocks of Nova hosts that disagree cause this)",
+            report.source.capitalize(),
+            report.overruled,
+        )
     else:
         LOG.info("%s found no drift (%s)", report.source.capitalize(), timings)
     LOG.info("Audit finished: %s", report.line())
@@ -474,6 +550,7 @@ __all__ = [
     "build_shadow",
     "diff_instances",
     "diff_nodes",
+    "drift_by_kind",
     "full_audit",
     "ghost_nodes",
     "reconcile",

@@ -52,9 +52,8 @@ from cdm_sync.model import (
     Outcome,
     ServiceObserved,
 )
-from cdm_sync.nova.snapshot import Translation, snapshot_events
 from cdm_sync.runtime import settle_heap
-from cdm_sync.sync import replay
+from cdm_sync.sync import bootstrap
 from cdm_sync.sync.audit import (
     COMPUTE_NODE,
     DRIFT_KINDS,
@@ -63,6 +62,7 @@ from cdm_sync.sync.audit import (
     MISSING,
     STALE_FIELD,
     AuditReport,
+    drift_by_kind,
     reconcile,
 )
 from cdm_sync.sync.ports import Collector, Listing, ListingError, NotificationGate, Progress
@@ -83,6 +83,9 @@ DEFAULT_NODE_REFRESH_DELAY = 2.0
 NODE_REFRESH_ATTEMPTS = 6
 DEFAULT_CHANGE_SKEW = 120.0
 DEFAULT_FULL_SHRINK_LIMIT = 0.1
+# What the model observed less than this long before a full listing began is never deleted for
+# being absent from it (the listing may have been read before Nova showed it).
+DEFAULT_DELETION_MARGIN = 60.0
 
 # Results of one run (bootstrap, full audit, cheap audit).
 OK = "ok"
@@ -124,7 +127,7 @@ class RunReport:
     audit: AuditReport | None = None
 
     def drift_by_kind(self) -> dict[str, int]:
-        return _by_kind(self.drift)
+        return drift_by_kind(self.drift)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,7 +137,7 @@ class RunReport:
             "duration": round(self.duration, 3),
             "result": self.result,
             "reason": self.reason,
-            "drift": self.drift_by_kind(),
+            "drift": drift_by_kind(self.drift),
             "drift_by_element": _by_element(self.drift),
             "outcomes": dict(self.outcomes),
             "records": self.records,
@@ -157,13 +160,6 @@ class RunReport:
         return text
 
 
-def _by_kind(drift: Counter[tuple[str, str]]) -> dict[str, int]:
-    totals = dict.fromkeys(DRIFT_KINDS, 0)
-    for (_, kind), n in drift.items():
-        totals[kind] += n
-    return totals
-
-
 def _by_element(drift: Counter[tuple[str, str]]) -> dict[str, dict[str, int]]:
     return {
         element: {kind: drift[(element, kind)] for kind in DRIFT_KINDS}
@@ -184,13 +180,19 @@ class SyncEngine:
         change_skew: float = DEFAULT_CHANGE_SKEW,
         cheap_interval: float = DEFAULT_CHEAP_INTERVAL,
         full_interval: float = DEFAULT_FULL_INTERVAL,
-        clock: Callable[[], float] = time.time,
+        deletion_margin: float = DEFAULT_DELETION_MARGIN,
+        clock: Callable[[], float] | None = None,
         node_refresh_delay: float = DEFAULT_NODE_REFRESH_DELAY,
     ) -> None:
         if not 0.0 <= full_shrink_limit <= 1.0:
             raise ValueError(f"full_shrink_limit must be in [0, 1], got {full_shrink_limit!r}")
         if change_skew < 0:
             raise ValueError(f"change_skew must be >= 0, got {change_skew!r}")
+        if deletion_margin < 0:
+            raise ValueError(f"deletion_margin must be >= 0, got {deletion_margin!r}")
+        # One clock with the model: a listing's start is compared with the moments the model
+        # observed elements (never with the stamps Nova's hosts write).
+        clock = service.model.clock if clock is None else clock
         self.service = service
         self.collector = collector
         self.gate = gate
@@ -198,6 +200,7 @@ class SyncEngine:
         self.change_skew = change_skew
         self.cheap_interval = cheap_interval
         self.full_interval = full_interval
+        self.deletion_margin = deletion_margin
         self._clock = clock
         # Serialises bootstrap, audits and resync; never held by the notification path.
         self._lock = threading.Lock()
@@ -212,6 +215,8 @@ class SyncEngine:
         self._last_full: RunReport | None = None
         self._last_cheap: RunReport | None = None
         self._drift: Counter[tuple[str, str]] = Counter()
+        # Corrections the last full audit could not make (see sync.audit): the next one may.
+        self._contested: dict[tuple[str, str], float] = {}
         self._counters: Counter[str] = Counter()
         self._scheduler: Any = None
         self.node_refresh_delay = node_refresh_delay
@@ -241,7 +246,7 @@ class SyncEngine:
                 "high_water": self._high_water,
                 "last_full_audit": self._last_full.to_dict() if self._last_full else None,
                 "last_cheap_audit": self._last_cheap.to_dict() if self._last_cheap else None,
-                "drift": _by_kind(self._drift),
+                "drift": drift_by_kind(self._drift),
                 "drift_by_element": _by_element(self._drift),
                 "counters": dict(self._counters),
                 "scheduled": self._scheduler is not None,
@@ -324,15 +329,27 @@ class SyncEngine:
             if self.gate is not None:
                 self.gate.hold()
                 held = True
+            listed_at = self._clock() - self.deletion_margin
             try:
                 listing = self.collector.full_listing(progress)
             except ListingError as exc:
                 report.result, report.reason = FAILED, f"listing failed: {exc.reason}"
                 raise
-            untrusted = self._apply_bootstrap(listing, report)
-            if held:
-                held = False
-                self._release(report)
+            report.listed_servers = listing.server_count
+            if self.service.model.instance_count == 0 and self.service.model.node_count == 0:
+                untrusted = self._load(listing, report)
+                if held:
+                    held = False
+                    self._release(report)
+            else:
+                # A retry after a failed bootstrap: the notifications released then built part
+                # of a model. Those held during this listing are released first, as during an
+                # audit (observed since the listing began, they must not fall to its absences);
+                # then the listing is reconciled (deletions included when trustworthy).
+                if held:
+                    held = False
+                    self._release(report)
+                untrusted = self._reconcile_bootstrap(listing, report, listed_at)
         except BaseException as exc:
             if held:
                 held = False
@@ -343,7 +360,7 @@ class SyncEngine:
             self._set_state(EngineState.NOT_SYNCED, report.reason)
             self._finish(report, started)
             raise
-        self._high_water = listing.snapshot.captured_at
+        self._high_water = listing.captured_at
         if untrusted:
             report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
             self._degraded_by = _BY_FULL
@@ -355,34 +372,33 @@ class SyncEngine:
         self._settle_heap()
         return self._finish(report, started)
 
-    def _apply_bootstrap(self, listing: Listing, report: RunReport) -> list[str]:
-        """Apply a bootstrap listing; returns the reasons it cannot be trusted (if any)."""
-        snapshot = listing.snapshot
-        report.listed_servers = snapshot.server_count
-        model = self.service.model
-        before = model.revision
+    def _load(self, listing: Listing, report: RunReport) -> list[str]:
+        """Load a bootstrap listing into the empty model; returns the reasons it cannot be
+        trusted (if any)."""
         untrusted = list(listing.incomplete)
-        if model.instance_count == 0 and model.node_count == 0:
-            translation = replay.bootstrap(self.service, snapshot)
-            report.rejected = len(translation.rejected)
-            if translation.rejected:
-                untrusted.append(f"{len(translation.rejected)} listing items could not be read")
-        else:
-            # A retry after a failed bootstrap: the notifications released then have built
-            # part of a model, so reconcile with it (deletions included when trustworthy).
-            audit = reconcile(
-                self.service,
-                snapshot,
-                "bootstrap",
-                untrusted=listing.incomplete,
-                shrink_limit=self.full_shrink_limit,
-                consume=True,
-            )
-            self._take_audit(report, audit)
-            if audit.deletes_skipped:
-                untrusted = [audit.deletes_skipped]
-        report.records = model.revision - before
+        before = self.service.model.revision
+        rejected = bootstrap.load(self.service, listing)
+        report.records = self.service.model.revision - before
+        report.rejected = len(rejected)
+        if rejected:
+            untrusted.append(f"{len(rejected)} listing items could not be read")
         return untrusted
+
+    def _reconcile_bootstrap(
+        self, listing: Listing, report: RunReport, listed_at: float
+    ) -> list[str]:
+        """Reconcile a model a failed bootstrap left with a new listing; returns the reasons it
+        cannot be trusted (if any)."""
+        audit = reconcile(
+            self.service,
+            listing,
+            "bootstrap",
+            untrusted=listing.incomplete,
+            shrink_limit=self.full_shrink_limit,
+            listed_at=listed_at,
+        )
+        self._take_audit(report, audit)
+        return [audit.deletes_skipped] if audit.deletes_skipped else list(listing.incomplete)
 
     def _release(self, report: RunReport) -> None:
         assert self.gate is not None
@@ -416,6 +432,7 @@ class SyncEngine:
         started = time.monotonic()
         report = RunReport("full", source, self._clock())
         self._count("full_audits")
+        listed_at = self._clock() - self.deletion_margin
         try:
             listing = self.collector.full_listing(progress)
         except ListingError as exc:
@@ -423,15 +440,16 @@ class SyncEngine:
         except Exception as exc:
             self._listing_failed(report, started, _BY_FULL, f"listing failed: {exc!r}")
             raise
-        report.listed_servers = listing.snapshot.server_count
+        report.listed_servers = listing.server_count
         try:
             audit = reconcile(
                 self.service,
-                listing.snapshot,
+                listing,
                 "resync" if source == "resync" else "audit",
                 untrusted=listing.incomplete,
                 shrink_limit=self.full_shrink_limit,
-                consume=True,
+                listed_at=listed_at,
+                contested=self._contested,
             )
         except Exception as exc:
             report.result, report.reason = FAILED, f"audit failed: {exc!r}"
@@ -440,7 +458,8 @@ class SyncEngine:
             self._finish(report, started)
             raise
         self._take_audit(report, audit)
-        self._high_water = max(self._high_water or 0.0, listing.snapshot.captured_at)
+        self._contested = audit.contested
+        self._high_water = max(self._high_water or 0.0, listing.captured_at)
         if audit.deletes_skipped:
             report.result, report.reason = DEGRADED_RESULT, audit.deletes_skipped
             self._degrade(_BY_FULL, f"full audit: {audit.deletes_skipped}")
@@ -493,21 +512,20 @@ class SyncEngine:
         except Exception as exc:
             self._listing_failed(report, started, _BY_CHEAP, f"changes listing failed: {exc!r}")
             raise
-        report.listed_servers = listing.snapshot.server_count
+        report.listed_servers = listing.server_count
         before = self.service.model.revision
-        translation = Translation()
-        for event in snapshot_events(listing.snapshot, "audit", translation, consume=True):
+        for event in listing.events("audit"):
             element, kind = self._observation_kind(event)
             outcome = self.service.submit(event)
             report.outcomes[outcome.value] += 1
             if outcome is Outcome.CHANGED:
                 report.drift[(element, kind)] += 1
         report.records = self.service.model.revision - before
-        report.rejected = len(translation.rejected)
-        self._high_water = max(high_water, listing.snapshot.captured_at)
+        report.rejected = len(listing.rejected)
+        self._high_water = max(high_water, listing.captured_at)
         untrusted = list(listing.incomplete)
-        if translation.rejected:
-            untrusted.append(f"{len(translation.rejected)} listing items could not be read")
+        if listing.rejected:
+            untrusted.append(f"{len(listing.rejected)} listing items could not be read")
         if untrusted:
             report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
             self._degrade(_BY_CHEAP, f"cheap audit: {report.reason}")
@@ -590,8 +608,7 @@ class SyncEngine:
         Deletes nothing. Raises ListingError."""
         with self._lock:
             listing = self.collector.nodes_listing(progress)
-            translation = Translation()
-            for event in snapshot_events(listing.snapshot, "audit", translation, consume=True):
+            for event in listing.events("audit"):
                 self.service.submit(event)
             self._count("node_refreshes")
         left = sum(1 for node in self.service.model.nodes() if node.placeholder)
@@ -673,12 +690,14 @@ def engine_from_conf(
         change_skew=opts.change_skew,
         cheap_interval=opts.cheap_interval,
         full_interval=opts.full_interval,
+        deletion_margin=opts.deletion_margin,
     )
 
 
 __all__ = [
     "DEFAULT_CHANGE_SKEW",
     "DEFAULT_CHEAP_INTERVAL",
+    "DEFAULT_DELETION_MARGIN",
     "DEFAULT_FULL_INTERVAL",
     "DEFAULT_FULL_SHRINK_LIMIT",
     "EngineState",

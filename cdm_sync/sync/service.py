@@ -135,12 +135,13 @@ class SyncService:
     def add_publisher(self, publisher: Publisher) -> None:
         self._publishers.append(publisher)
 
-    def submit(self, event: Event) -> Outcome:
-        """Apply one event, publish its change records, count the outcome."""
+    def submit(self, event: Event, *, overrule: bool = False) -> Outcome:
+        """Apply one event, publish its change records, count the outcome. ``overrule``: see
+        :mod:`cdm_sync.model.apply` (the audit's, for corrections two listings agree on)."""
         # Apply and publish under one lock: two submitting threads (listener, audit) must not
         # hand publishers their batches out of revision order. Publishers never block.
         with self._writer:
-            outcome, records = self.model.apply_with_outcome(event)
+            outcome, records = self.model.apply_with_outcome(event, overrule=overrule)
             if records:
                 self._publish(records)
         cause = event.cause

@@ -1,22 +1,22 @@
-"""Replay: bootstrap from a snapshot, feed a recorded trace through the live endpoints, audit.
+"""Replay: bootstrap from a snapshot file, feed a recorded trace through the live endpoints, audit.
 
-This is the offline twin of the live service (``cdm-sync replay``, the bundled demo, the
-end-to-end tests): the same endpoint objects and the same apply path, fed from files.
+The offline twin of ``serve`` (``cdm-sync replay``, ``dump``, the bundled demo, the end-to-end
+tests), composed like the daemon from the same adapters and service layer: the same endpoint
+objects and the same apply path, fed from files.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
-from cdm_sync.nova.snapshot import Snapshot, Translation, read_snapshot, snapshot_events
+from cdm_sync.nova.snapshot import Snapshot, listing_of, read_snapshot
 from cdm_sync.nova.trace import read_trace
-from cdm_sync.runtime import gc_paused
+from cdm_sync.sync import bootstrap as bootstrap_listing
 from cdm_sync.sync.audit import AuditReport, full_audit
 from cdm_sync.sync.service import SyncService
 
@@ -37,29 +37,10 @@ class ReplayResult:
         return self.service.model
 
 
-def bootstrap(service: SyncService, snapshot: Snapshot) -> Translation:
-    """Load a snapshot into the model (cause ``bootstrap``), logging progress.
-
-    Consumes ``snapshot.servers`` (see :func:`snapshot_events`).
-    """
-    translation = Translation()
-    total = snapshot.server_count
-    started = time.monotonic()
-
-    def progress(n: int) -> None:
-        LOG.info("Bootstrap: %d items applied (%d servers listed)", n, total)
-
-    with gc_paused():
-        events = snapshot_events(snapshot, "bootstrap", translation, consume=True)
-        service.submit_all(events, progress)
-    LOG.info(
-        "Bootstrap done in %.2fs: %d compute nodes, %d instances, %d items rejected",
-        time.monotonic() - started,
-        service.model.node_count,
-        service.model.instance_count,
-        len(translation.rejected),
-    )
-    return translation
+def bootstrap(service: SyncService, snapshot: Snapshot) -> list[str]:
+    """Load a snapshot into the model (cause ``bootstrap``); returns the reasons of the items
+    that could not be read. Consumes ``snapshot``."""
+    return bootstrap_listing.load(service, listing_of(snapshot))
 
 
 def replay(
@@ -82,7 +63,7 @@ def replay(
     service = SyncService(model if model is not None else ComputeModel())
     if on_changes is not None:
         service.add_publisher(on_changes)
-    translation = bootstrap(service, first)
+    rejected = bootstrap(service, first)
     dispatcher = Dispatcher(make_endpoints(service, nova_format, supersede_window), service)
     lines = 0
     for number, line, error in read_trace(trace):
@@ -95,5 +76,5 @@ def replay(
         if lines % PROGRESS_EVERY == 0:
             LOG.info("Replay: %d trace lines delivered (line %d)", lines, number)
     LOG.info("Replay: %d trace lines delivered; %s", lines, service.stats.summary().line())
-    report = full_audit(service, final) if final is not None else None
-    return ReplayResult(service, translation.rejected, lines, report)
+    report = full_audit(service, listing_of(final)) if final is not None else None
+    return ReplayResult(service, rejected, lines, report)

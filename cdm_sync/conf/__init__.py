@@ -49,6 +49,15 @@ notification_opts = [
         "versioned notification was seen can yield two change records, which setting the real "
         "format avoids.",
     ),
+    cfg.IntOpt(
+        "max_message_bytes",
+        default=1 << 20,
+        min=1024,
+        help="Largest notification (or trace line) accepted, in bytes of JSON. Nova's are a "
+        "few KB; a larger one is rejected (counted and logged with the reason) without being "
+        "decoded, so a hostile or broken publisher cannot make cdm-sync hold megabytes per "
+        "message.",
+    ),
     cfg.FloatOpt(
         "supersede_window",
         default=300.0,

@@ -22,7 +22,9 @@ reference and Nova's views):
 
 The cloud is plain data the tests mutate (``cloud.add_server(..)``, ``cloud.servers[0][..] =``);
 faults are injected with :meth:`FakeCloud.fail_nth`, :meth:`FakeCloud.fail_when` and
-:attr:`FakeCloud.latency`. Every request is recorded in :attr:`FakeCloud.requests`.
+:attr:`FakeCloud.latency`, and answers Nova would never send (not UTF-8, nested too deeply, not
+an object) with :meth:`FakeCloud.rewrite_when`. Every request is recorded in
+:attr:`FakeCloud.requests`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -101,6 +103,21 @@ class Fault:
 
 
 @dataclass
+class Rewrite:
+    """A broken answer: the body the fake would send for ``path``, passed through ``rewrite``
+    (bytes to bytes) for every request whose query has the values in ``query``."""
+
+    path: str
+    rewrite: Callable[[bytes], bytes]
+    query: dict[str, str]
+
+    def matches(self, path: str, query: dict[str, list[str]]) -> bool:
+        return path == self.path and all(
+            query.get(k, [None])[-1] == v for k, v in self.query.items()
+        )
+
+
+@dataclass
 class Request:
     method: str
     path: str
@@ -136,6 +153,7 @@ class FakeCloud:
     latency: float = 0.0  # seconds added to every request
     delays: dict[str, float] = field(default_factory=dict)  # path -> seconds added
     faults: list[Fault] = field(default_factory=list)
+    rewrites: list[Rewrite] = field(default_factory=list)
     requests: list[Request] = field(default_factory=list)
     _counts: dict[str, int] = field(default_factory=dict)
     _next_id: int = 1
@@ -326,6 +344,17 @@ class FakeCloud:
         with self.lock:
             self.faults.append(Fault(path, status, query=dict(query)))
 
+    def rewrite_when(self, path: str, rewrite: Callable[[bytes], bytes], **query: str) -> None:
+        """Send ``rewrite(body)`` instead of the JSON body of every successful answer to ``path``
+        whose query has these values (``rewrite_when(".../servers/detail", lambda b: b"[" + b +
+        b"]")``: that page is a JSON array, not an object). The bytes go out as they are."""
+        with self.lock:
+            self.rewrites.append(Rewrite(path, rewrite, dict(query)))
+
+    def _rewrite_for(self, path: str, query: dict[str, list[str]]) -> Rewrite | None:
+        with self.lock:
+            return next((r for r in self.rewrites if r.matches(path, query)), None)
+
     def count(self, path: str) -> int:
         """Requests received for ``path`` so far."""
         with self.lock:
@@ -403,14 +432,18 @@ class _Handler(BaseHTTPRequestHandler):
         if delay:
             time.sleep(delay)
         extra: dict[str, str] = {}
+        rewrite = None
         try:
             fault = cloud._fault_for(path.rstrip("/") or "/", query)
             if fault is not None:
                 raise _compute_fault(fault.status, "Injected fault.")
             status, payload, extra = nova.route(method, path, query, self.headers, body)
+            rewrite = cloud._rewrite_for(path.rstrip("/") or "/", query)
         except HTTPError as exc:
             status, payload = exc.status, exc.body
         data = json.dumps(payload).encode()
+        if rewrite is not None:
+            data = rewrite.rewrite(data)
         try:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

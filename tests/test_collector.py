@@ -11,6 +11,7 @@ bootstraps a model equal to what the cloud holds, at every microversion.
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -334,6 +335,81 @@ def test_a_page_that_always_fails_raises_with_what_was_read(fake_nova: FakeNova)
     assert sorted(e.uuid for e in read[2:]) == [server_id(n) for n in range(4, 10)]
     # Retried before giving up (3 retries), then not continued past the failing page.
     assert cloud.count(SERVERS) == 2 + 4
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    ("rewrite", "mentions"),
+    [
+        pytest.param(
+            lambda body: body.replace(b'"metadata": {}', b'"metadata": ' + DEEP, 1),
+            "the answer is nested too deeply to decode",
+            id="deep",
+        ),
+        pytest.param(
+            lambda body: body.replace(b'"name": "', b'"name": "caf\xe9 ', 1),
+            "the answer is not UTF-8 (invalid continuation byte at byte ",
+            id="not-utf8",
+        ),
+        pytest.param(lambda body: b"[" + body + b"]", "no 'servers' list", id="array"),
+        pytest.param(lambda body: body[:-1], "the answer is not JSON", id="cut-short"),
+    ],
+)
+def test_a_page_that_cannot_be_decoded_raises_with_what_was_read(
+    fake_nova: FakeNova, rewrite: Any, mentions: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer Nova would never send (requests would let the decoder's RecursionError out,
+    or silently replace bytes that are not UTF-8) fails the listing with the reason, keeping
+    the pages read before it; nothing is retried (the answer was a 200)."""
+    cloud = fake_nova.cloud
+    add_servers(cloud, 10)
+    cloud.rewrite_when(SERVERS, rewrite, marker=server_id(4))
+
+    with pytest.raises(ListingError) as caught:
+        make_collector(fake_nova, page_size=3).full_listing()
+
+    error = caught.value
+    assert mentions in error.reason
+    assert (
+        error.reason.startswith("GET /servers/detail?") and f"marker={server_id(4)}" in error.reason
+    )
+    assert error.partial is not None
+    read = list(error.partial.events("audit"))
+    assert sorted(e.uuid for e in read[2:]) == [server_id(n) for n in range(4, 10)]
+    assert cloud.count(SERVERS) == 3
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize(
+    ("path", "mentions"),
+    [
+        (f"{COMPUTE}/os-services", "GET /os-services?binary=nova-compute: the answer is nested"),
+        # Version discovery goes through python-novaclient's own managers.
+        (COMPUTE, "an answer of the compute or placement API is nested too deeply to decode"),
+    ],
+)
+def test_any_answer_nested_too_deeply_is_a_listing_error(
+    fake_nova: FakeNova, path: str, mentions: str
+) -> None:
+    populate(fake_nova.cloud)
+    fake_nova.cloud.rewrite_when(path, lambda body: DEEP)
+    with pytest.raises(ListingError, match=re.escape(mentions)):
+        make_collector(fake_nova).full_listing()
+
+
+def test_a_service_item_that_is_not_an_object_is_rejected_alone(fake_nova: FakeNova) -> None:
+    """The services answer is read like every page: an item that is not an object is rejected
+    (with the reason) when translated, as a hypervisor item would be."""
+    populate(fake_nova.cloud)
+    fake_nova.cloud.rewrite_when(
+        f"{COMPUTE}/os-services", lambda body: body.replace(b'"services": [', b'"services": [7, ')
+    )
+    listing = make_collector(fake_nova).full_listing()
+    events = list(listing.events("audit"))
+    assert listing.rejected == ["service None: not an object"]
+    assert sum(isinstance(e, ServiceObserved) for e in events) == 2
 
 
 def test_a_timeout_raises_a_listing_error(fake_nova: FakeNova) -> None:

@@ -6,17 +6,23 @@ notification samples, our recorded snapshots) and breaks them the ways real inpu
 dropped, values of the wrong JSON type, megabyte strings, deep nesting, unknown object names or
 versions, payloads and metadata that are not objects, garbage timestamps, truncation. Whatever
 arrives, an endpoint must not raise, must count the notification exactly once, and must leave
-the model consistent and untouched outside the one element the notification is about.
+the model consistent and untouched outside the one element the notification is about. The
+decoders in front of them (trace lines, snapshot files, listing pages) meet poison of their own:
+nesting 100,000 deep, 50 MB values, bytes that are not UTF-8, JSON that is not an object.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import itertools
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path as FilePath
 from typing import Any
 
 import pytest
@@ -24,13 +30,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cdm_sync.messaging.endpoints import NOVA_FORMATS, make_endpoints
-from cdm_sync.model import InstanceDeleted, InstanceObserved
-from cdm_sync.nova.fields import PayloadError
+from cdm_sync.model import ComputeModel, InstanceDeleted, InstanceObserved
+from cdm_sync.nova.fields import PayloadError, brief
 from cdm_sync.nova.payloads import (
     FLAVOR_PAYLOADS,
+    IGNORED_EVENTS,
     INSTANCE_PAYLOADS,
     SERVICE_PAYLOADS,
-    parse_notification,
+    parse_legacy_instance,
+    parse_versioned_instance,
+    parse_versioned_service,
 )
 from cdm_sync.nova.snapshot import (
     Snapshot,
@@ -40,10 +49,31 @@ from cdm_sync.nova.snapshot import (
     read_snapshot,
     snapshot_events,
 )
+from cdm_sync.replay import ReplayResult, bootstrap, replay
 from cdm_sync.sync.audit import full_audit
-from cdm_sync.sync.service import REJECTED
+from cdm_sync.sync.engine import EngineState, SyncEngine
+from cdm_sync.sync.service import REJECTED, SyncService
+from tests import fakenova
 from tests.conftest import FakeClock, Harness
 from tests.samples import TRACE_DIR, load_sample, sample_names
+from tests.test_collector import SERVERS, make_collector, populate, server_id
+
+
+def parse_notification(event_type: Any, payload: Any, metadata: Any) -> Any:
+    """The parser the endpoints route ``event_type`` to, called directly (``None`` for a type
+    no endpoint of ours parses)."""
+    if not isinstance(event_type, str):
+        raise PayloadError("event_type is not a string")
+    if event_type in IGNORED_EVENTS:
+        return None
+    if event_type.startswith("instance."):
+        return parse_versioned_instance(event_type, payload, metadata)
+    if event_type.startswith("compute.instance."):
+        return parse_legacy_instance(event_type, payload, metadata)
+    if event_type in ("service.create", "service.update", "service.delete"):
+        return parse_versioned_service(event_type, payload, metadata)
+    return None
+
 
 FUZZ_SETTINGS = settings(
     max_examples=300,
@@ -590,3 +620,348 @@ def test_mutated_snapshots_are_rejected_item_by_item(fuzzed: Fuzzed) -> None:
         # A partial reading deletes nothing it did not read as deleted.
         listed_deleted = {e.uuid for e in events if isinstance(e, InstanceDeleted)}
         assert before - {i.uuid for i in harness.model.instances()} <= listed_deleted
+
+
+# -- poison: input no decoder may choke on, on every path that decodes untrusted JSON ----------
+#
+# Each path (trace lines through ``replay``, server items of a snapshot file, pages of a live
+# listing, lines handed to the dispatcher) meets the same four ways input breaks decoders: nesting
+# far deeper than the recursion limit, a value of 50 MB, bytes that are not UTF-8, and JSON that
+# is not an object. Each must end as exactly one counted rejection and one log line saying why,
+# no traceback anywhere in the log, and the rest of the input applied as if the bad part were
+# absent. The 50 MB cases run once each, as explicit examples.
+
+POISON_DEPTH = 100_000
+FIFTY_MEGABYTES = 50 << 20
+POISON_SETTINGS = settings(FUZZ_SETTINGS, max_examples=25)
+DEEP, HUGE, NOT_UTF8, NOT_OBJECT = "deep", "huge", "not UTF-8", "not an object"
+# What the rejection of each kind says, on the paths that read files.
+TRACE_REASONS = {
+    DEEP: "nested too deeply to decode",
+    HUGE: "over the 1048576-byte limit",
+    NOT_UTF8: "is not UTF-8",
+    NOT_OBJECT: "is not a JSON object",
+}
+SNAPSHOT_REASONS = {
+    DEEP: "nested too deeply to decode",
+    HUGE: "over the 1048576-byte limit",
+    NOT_UTF8: "not UTF-8 text",
+    NOT_OBJECT: "not an object",
+}
+# Invalid UTF-8 as it is met: stray bytes, a truncated sequence, an overlong encoding, an
+# encoded surrogate, a code point past U+10FFFF, Latin-1 text.
+BAD_UTF8 = [
+    b"\xff",
+    b"\x80",
+    b"\xc3(",
+    b"\xe2\x82",
+    b"\xc0\xaf",
+    b"\xed\xa0\x80",
+    b"\xf4\x90\x80\x80",
+    b"caf\xe9",
+]
+
+# A placeholder value, unique in any document, replaced by the poison once the document is JSON.
+_HOLE = "\x00poison\x00"
+_HOLE_JSON = json.dumps(_HOLE).encode()
+
+
+@dataclass
+class Poison:
+    """A JSON document with one part broken, built only when used (the 50 MB ones must not be
+    built at import, nor for every example)."""
+
+    kind: str
+    how: str
+    build: Callable[[], bytes]
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(f"Poison({self.kind}: {self.how})")
+
+
+def _with_hole(doc: Any, path: Path) -> bytes:
+    """``doc`` as JSON, the value at ``path`` (the whole document for ``()``) left as a hole."""
+    if not path:
+        return _HOLE_JSON
+    doc = copy.deepcopy(doc)
+    _parent(doc, path)[path[-1]] = _HOLE
+    return json.dumps(doc).encode()
+
+
+def _deep_json(kind: str) -> bytes:
+    if kind == "list":
+        return b"[" * POISON_DEPTH + b"]" * POISON_DEPTH
+    return b'{"k":' * POISON_DEPTH + b"null" + b"}" * POISON_DEPTH
+
+
+@st.composite
+def poisoned(draw: st.DrawFn, doc: Any) -> Poison:
+    """``doc`` (a real trace line or server item) broken one way (50 MB values: see
+    :func:`huge`)."""
+    kind = draw(st.sampled_from([DEEP, NOT_UTF8, NOT_OBJECT]), label="kind")
+    paths = [(), *_paths(doc)]
+    if kind == DEEP:
+        path = draw(st.sampled_from(paths), label="path")
+        shape = draw(st.sampled_from(["list", "dict"]), label="shape")
+        text = _with_hole(doc, path)
+        return Poison(
+            kind,
+            f"{_dotted(path)} nested {POISON_DEPTH} deep ({shape}s)",
+            lambda: text.replace(_HOLE_JSON, _deep_json(shape)),
+        )
+    if kind == NOT_UTF8:
+        path = draw(st.sampled_from(paths[1:]), label="path")
+        bad = draw(st.sampled_from(BAD_UTF8), label="bytes")
+        # Printable ASCII before the bad bytes (a raw control character is not JSON at all).
+        printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\')
+        before = draw(st.text(printable, max_size=8), label="before")
+        text = _with_hole(doc, path)
+        value = b'"' + before.encode() + bad + b'"'
+        return Poison(
+            kind, f"{_dotted(path)} holds {bad!r}", lambda: text.replace(_HOLE_JSON, value)
+        )
+    value = draw(
+        st.one_of(
+            non_objects.map(json.dumps),
+            st.just(json.dumps([doc])),  # the document wrapped in an array
+            st.just(json.dumps(json.dumps(doc))),  # the document as a JSON string
+        ),
+        label="value",
+    )
+    return Poison(kind, brief(value), lambda: value.encode())
+
+
+def huge(doc: Any, path: Path) -> Poison:
+    """``doc`` with a 50 MB string at ``path``."""
+    text = _with_hole(doc, path)
+    return Poison(
+        HUGE,
+        f"{_dotted(path)} is a {FIFTY_MEGABYTES}-byte string",
+        lambda: text.replace(_HOLE_JSON, b'"' + b"x" * FIFTY_MEGABYTES + b'"'),
+    )
+
+
+@contextlib.contextmanager
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """Every log record of WARNING and above inside the block, whichever logger made it (the
+    autouse fixture's quieting of cdm_sync is lifted for the block)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.WARNING)
+    ours, root = logging.getLogger("cdm_sync"), logging.getLogger()
+    level = ours.level
+    ours.setLevel(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        ours.setLevel(level)
+
+
+def check_logged_once(records: list[logging.LogRecord], *phrases: str) -> logging.LogRecord:
+    """No traceback in the log, and exactly one record saying all of ``phrases``."""
+    assert [r.getMessage() for r in records if r.exc_info or r.stack_info] == []
+    assert not any("Traceback" in r.getMessage() for r in records)
+    saying = [r for r in records if all(p in r.getMessage() for p in phrases)]
+    assert len(saying) == 1, [r.getMessage()[:200] for r in records]
+    return saying[0]
+
+
+# -- trace lines, through ``replay`` --------------------------------------------------------------
+
+GOOD_TRACE = (TRACE_DIR / "trace-versioned.jsonl").read_bytes().splitlines()
+
+
+def replay_lines(lines: list[bytes]) -> tuple[ReplayResult, list[logging.LogRecord]]:
+    """``replay`` of the recorded snapshot and these trace lines; what it logged."""
+    with tempfile.TemporaryDirectory() as tmp, logged() as records:
+        trace = FilePath(tmp) / "trace.jsonl"
+        trace.write_bytes(b"\n".join(lines) + b"\n")
+        result = replay(TRACE_DIR / "snapshot.json", trace, model=ComputeModel(clock=FakeClock()))
+    return result, records
+
+
+@functools.cache
+def clean_replay() -> tuple[dict[str, Any], int]:
+    """The model dump and the count of warnings of the recorded trace replayed as it is."""
+    result, records = replay_lines(GOOD_TRACE)
+    assert result.service.stats.summary().rejected == 0
+    return result.model.to_dict(), len(records)
+
+
+@POISON_SETTINGS
+@given(
+    poison=st.sampled_from(VALID_TRACE).flatmap(poisoned),
+    where=st.integers(0, len(GOOD_TRACE)),
+)
+@example(poison=huge(VALID_TRACE[5], ("payload", "nova_object.data", "display_name")), where=5)
+@example(poison=huge(VALID_TRACE[0], ("publisher_id",)), where=len(GOOD_TRACE))
+def test_a_poisoned_trace_line_is_one_logged_rejection(poison: Poison, where: int) -> None:
+    """``cdm-sync replay``'s path: the bad line is counted under ``(unparsable)`` and logged
+    with its number and the reason; every other line applies as if it were absent."""
+    result, records = replay_lines([*GOOD_TRACE[:where], poison.build(), *GOOD_TRACE[where:]])
+    stats = result.service.stats
+    reason = TRACE_REASONS[poison.kind]
+    assert stats.summary().rejected == 1
+    assert stats.by_type[("(unparsable)", REJECTED)] == 1
+    assert reason in stats.last_rejections[-1] and f"line {where + 1} " in stats.last_rejections[-1]
+    check_logged_once(records, reason, f"line {where + 1} ")
+    dump, warnings = clean_replay()
+    assert len(records) == warnings + 1
+    assert result.trace_lines == len(GOOD_TRACE) + 1
+    assert result.model.to_dict() == dump
+
+
+@POISON_SETTINGS
+@given(line=non_objects | st.sampled_from(VALID_TRACE).map(lambda line: [line]))
+def test_a_line_that_is_not_an_object_is_one_logged_rejection(line: Any) -> None:
+    """What the receiving process hands the dispatcher is an object, but a caller of
+    ``Dispatcher.deliver`` may pass anything: counted once, logged once, model untouched."""
+    harness = valid_harness()
+    before = harness.model.to_dict()
+    with logged() as records:
+        assert harness.deliver(line) == []
+    assert harness.service.stats.summary().rejected == 1
+    check_logged_once(records, "not a JSON object")
+    assert harness.model.to_dict() == before
+
+
+# -- server items of a snapshot file ------------------------------------------------------------
+
+SNAPSHOT_DOC = BASE_SNAPSHOTS[0]
+# A server the recorded snapshot does not list: were its poisoned copy read, the model would show.
+EXTRA_SERVER = {**SNAPSHOT_DOC["servers"][0], "id": "0f000000-0000-4000-8000-00000000dead"}
+
+
+def snapshot_with(item: bytes, where: int, servers_first: bool) -> bytes:
+    """The recorded snapshot with ``item`` (JSON text) among its servers. With
+    ``servers_first`` the servers come before the capture time, so they are kept as items and
+    translated after the file is read; otherwise (sorted keys, as cdm-sync writes) each is
+    translated as soon as it is decoded: both of read_snapshot's ways must reject alike."""
+    servers = list(SNAPSHOT_DOC["servers"])
+    servers.insert(where, _HOLE)
+    rest = {k: v for k, v in SNAPSHOT_DOC.items() if k != "servers"}
+    doc = (
+        {"servers": servers, **rest}
+        if servers_first
+        else dict(sorted({**rest, "servers": servers}.items()))
+    )
+    return json.dumps(doc).encode().replace(_HOLE_JSON, item)
+
+
+def bootstrap_file(data: bytes) -> tuple[SyncService, list[str], list[logging.LogRecord]]:
+    """read_snapshot + bootstrap of a snapshot file holding ``data``; what was logged."""
+    with tempfile.TemporaryDirectory() as tmp, logged() as records:
+        path = FilePath(tmp) / "snapshot.json"
+        path.write_bytes(data)
+        service = SyncService(ComputeModel(clock=FakeClock()))
+        rejected = bootstrap(service, read_snapshot(path))
+    return service, rejected, records
+
+
+@functools.cache
+def clean_bootstrap() -> dict[str, Any]:
+    service, rejected, records = bootstrap_file(json.dumps(SNAPSHOT_DOC).encode())
+    assert rejected == [] and records == []
+    return service.model.to_dict()
+
+
+@POISON_SETTINGS
+@given(
+    poison=poisoned(EXTRA_SERVER),
+    where=st.integers(0, len(SNAPSHOT_DOC["servers"])),
+    servers_first=st.booleans(),
+)
+@example(poison=huge(EXTRA_SERVER, ("name",)), where=1, servers_first=False)
+@example(poison=huge(EXTRA_SERVER, ("metadata",)), where=3, servers_first=True)
+def test_a_poisoned_snapshot_item_is_one_logged_rejection(
+    poison: Poison, where: int, servers_first: bool
+) -> None:
+    """Only the bad server item is rejected, with the reason, reported through the listing's
+    ``rejected`` as any item that cannot be translated; the rest of the file loads."""
+    service, rejected, records = bootstrap_file(snapshot_with(poison.build(), where, servers_first))
+    reason = SNAPSHOT_REASONS[poison.kind]
+    assert len(rejected) == 1 and reason in rejected[0], rejected
+    assert rejected[0].startswith("server ")
+    check_logged_once(records, "Snapshot item rejected", reason)
+    assert len(records) == 1
+    assert service.model.to_dict() == clean_bootstrap()
+
+
+# -- pages of a live listing (the test Nova over HTTP) -------------------------------------------
+
+# A server whose metadata marks where a listing's answer is broken. A page that cannot be
+# decoded fails the whole listing (which pages it spoils is drawn through the page size). There
+# is no 50 MB case here: the items of a live listing are not size-limited (python-novaclient
+# decodes a whole page before the collector sees it; the limit applies to trace lines and to
+# snapshot files' server items).
+POISON_MARK = {"poison": "here"}
+POISON_MARK_JSON = json.dumps(POISON_MARK).encode()
+LISTING_REASONS = {
+    DEEP: "the answer is nested too deeply to decode",
+    NOT_UTF8: "the answer is not UTF-8",
+    NOT_OBJECT: "no 'servers' list in the answer",
+    "not JSON": "the answer is not JSON",
+}
+
+
+def spoil(kind: str, bad: bytes) -> Callable[[bytes], bytes]:
+    """A rewrite of the answers holding the marked server: broken as ``kind`` says."""
+
+    def rewrite(body: bytes) -> bytes:
+        if POISON_MARK_JSON not in body:
+            return body
+        if kind == DEEP:
+            return body.replace(POISON_MARK_JSON, _deep_json("list"))
+        if kind == NOT_UTF8:
+            return body.replace(POISON_MARK_JSON, b'{"poison": "' + bad + b'"}')
+        if kind == NOT_OBJECT:
+            return b"[" + body + b"]"
+        return body[: len(body) // 2]  # not JSON: cut short
+
+    return rewrite
+
+
+@settings(POISON_SETTINGS, max_examples=8)
+@given(
+    kind=st.sampled_from(sorted(LISTING_REASONS)),
+    page_size=st.sampled_from([1, 2, 3, 1000]),
+    bad=st.sampled_from(BAD_UTF8),
+)
+@example(kind=DEEP, page_size=2, bad=b"\xff")
+@example(kind=NOT_UTF8, page_size=1000, bad=b"\xc3(")
+@example(kind=NOT_OBJECT, page_size=3, bad=b"\xff")
+@example(kind="not JSON", page_size=1, bad=b"\xff")
+def test_a_listing_page_that_cannot_be_decoded_fails_the_audit_once(
+    kind: str, page_size: int, bad: bytes
+) -> None:
+    """A compute API page that cannot be decoded as sent fails the listing with the reason
+    (ListingError: nothing is deleted on the strength of a partial read); the engine counts
+    the failed audit once and reports it once, without a traceback, and the next audit, once
+    Nova answers properly again, succeeds."""
+    cloud = fakenova.FakeCloud()
+    populate(cloud)
+    cloud.add_server(server_id(7), host="compute1", flavor_id="1", metadata=POISON_MARK)
+    with fakenova.running(cloud) as nova:
+        service = SyncService(ComputeModel())
+        engine = SyncEngine(service, make_collector(nova, page_size=page_size))
+        assert engine.bootstrap().result == "ok"
+        before = service.model.to_dict()
+        cloud.rewrite_when(SERVERS, spoil(kind, bad))
+        with logged() as records:
+            report = engine.full_audit()
+        reason = LISTING_REASONS[kind]
+        assert report.result == "failed" and reason in (report.reason or "")
+        assert "/servers/detail" in (report.reason or "")
+        assert engine.status()["counters"]["full_audit_failures"] == 1
+        check_logged_once(records, "Sync full", reason)
+        assert not [r for r in records if r.name == "cdm_sync.nova.collector"]
+        assert service.model.to_dict() == before
+        cloud.rewrites.clear()
+        assert engine.full_audit().result == "ok"
+        assert engine.state is EngineState.READY

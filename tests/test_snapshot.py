@@ -9,7 +9,9 @@ refused outright.
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -402,3 +404,140 @@ def test_real_snapshot_loads_clean() -> None:
         report = Translation()
         events = list(snapshot_events(read_snapshot(TRACE_DIR / name), report=report))
         assert report.rejected == [] and events
+
+
+# -- server items that cannot be decoded -----------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+# Nested too deeply, with brackets, quotes and escapes inside its strings: skipping it must pair
+# only the brackets outside strings.
+DEEP_WITH_STRINGS = (
+    b'{"id": "x", "a": ' * 50_000 + b'["]]}\\"{[", "\\\\", "\\u005d"]' + b"}" * 50_000
+)
+
+
+def file_with(doc: dict[str, Any], *, servers_first: bool, **raw: bytes) -> bytes:
+    """``doc`` as a snapshot file, ``servers`` first (their translation waits for the whole
+    file) or last (each is translated as decoded); each string value ``"@name"`` in it is
+    replaced by ``raw[name]``, JSON text written as is."""
+    rest = {k: v for k, v in doc.items() if k != "servers"}
+    servers = {"servers": doc["servers"]}
+    ordered = {**servers, **rest} if servers_first else {**rest, **servers}
+    text = json.dumps(ordered).encode()
+    for name, value in raw.items():
+        text = text.replace(json.dumps(f"@{name}").encode(), value)
+    return text
+
+
+@pytest.mark.parametrize("servers_first", [True, False], ids=["servers-first", "servers-last"])
+def test_server_items_that_cannot_be_decoded_are_rejected_one_by_one(
+    servers_first: bool,
+    tmp_path: Path,
+    nova_listing: Callable[..., NovaListing],
+    make_harness: Callable[..., Harness],
+) -> None:
+    cloud = small_cloud(nova_listing("2.53"))
+    good = make_harness()
+    good.bootstrap(cloud.snapshot())
+    spoilt = copy.deepcopy(cloud.doc())
+    extra = {**spoilt["servers"][0], "id": "0c000000-0000-4000-8000-000000000001"}
+    spoilt["servers"][1:1] = ["@deep", "@strings", {**extra, "name": "@bad"}, "@big", [extra]]
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(
+        file_with(
+            spoilt,
+            servers_first=servers_first,
+            deep=DEEP,
+            strings=DEEP_WITH_STRINGS,
+            bad=b'"caf\xe9 \xff"',
+            big=json.dumps({**extra, "name": "x" * 5000}).encode(),
+        )
+    )
+    snapshot = read_snapshot(path, max_item_bytes=4096)
+    assert snapshot.server_count == len(spoilt["servers"])
+    report = Translation()
+    harness = make_harness()
+    harness.service.submit_all(snapshot_events(snapshot, report=report))
+    assert report.rejected == [
+        "server item 1: nested too deeply to decode",
+        "server item 2: nested too deeply to decode",
+        f"server item 3 ('{extra['id']}'): not UTF-8 text",
+        f"server item 4 ('{extra['id']}'): {len(json.dumps({**extra, 'name': 'x' * 5000}))} "
+        "bytes of JSON, over the 4096-byte limit",
+        "server None: not an object",
+    ]
+    assert harness.model.to_dict() == good.model.to_dict()
+
+
+@pytest.mark.parametrize("servers_first", [True, False], ids=["servers-first", "servers-last"])
+def test_the_item_limit_counts_bytes_not_characters(
+    servers_first: bool, tmp_path: Path, nova_listing: Callable[..., NovaListing]
+) -> None:
+    """The limit is on the bytes an item has in the file, exactly, also where the text is not
+    ASCII (where a character may be several bytes)."""
+    cloud = small_cloud(nova_listing("2.53"))
+    doc = cloud.doc()
+    wide = doc["servers"][0]
+    wide["name"] = "é" * 3000  # 2 bytes each in UTF-8
+    path = tmp_path / "snapshot.json"
+    text = json.dumps(
+        doc if not servers_first else {"servers": doc["servers"], **doc}, ensure_ascii=False
+    )
+    path.write_text(text, encoding="utf-8")
+    size = len(json.dumps(wide, ensure_ascii=False).encode())
+    assert size > 6000
+    for limit, rejected in (
+        (size, []),
+        (size - 1, [f"{size} bytes of JSON, over the {size - 1}-byte limit"]),
+    ):
+        report = Translation()
+        list(snapshot_events(read_snapshot(path, max_item_bytes=limit), report=report))
+        assert [r.partition(": ")[2] for r in report.rejected] == rejected
+
+
+@pytest.mark.parametrize(
+    ("spoil", "mentions"),
+    [
+        pytest.param(
+            {"flavors": b"[" + DEEP + b"]"}, "'flavors' is nested too deeply", id="deep-flavors"
+        ),
+        pytest.param({"services": DEEP}, "'services' is nested too deeply", id="deep-services"),
+        pytest.param(
+            {"services": b'[{"host": "caf\xe9"}]'}, "not UTF-8 text in 'services'", id="utf8-value"
+        ),
+        pytest.param({"format": b'"\xff"'}, "not UTF-8 text in 'format'", id="utf8-format"),
+        pytest.param({"key": b'"x", "k\xff": 1'}, "not UTF-8 text in the key", id="utf8-key"),
+        pytest.param(
+            {"key": b'"x", ' + DEEP + b": 1"}, "nested too deeply to decode", id="deep-key"
+        ),
+        pytest.param(
+            {"key": b'"x", "k": 1\xff'}, "not UTF-8 either (invalid start byte", id="utf8-json"
+        ),
+    ],
+)
+def test_what_cannot_be_decoded_outside_the_server_items_is_refused(
+    spoil: dict[str, bytes],
+    mentions: str,
+    tmp_path: Path,
+    nova_listing: Callable[..., NovaListing],
+) -> None:
+    doc = small_cloud(nova_listing("2.53")).doc() | {"key": "@key"}
+    doc |= {name: f"@{name}" for name in spoil}
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(file_with(doc, servers_first=False, **spoil))
+    with pytest.raises(SnapshotError, match=re.escape(mentions)) as caught:
+        read_snapshot(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [DEEP, b"[" + DEEP + b"]", b'{"format": ' + DEEP + b"}"],
+    ids=["array", "in-array", "tag"],
+)
+def test_a_document_nested_too_deeply_is_refused(text: bytes, tmp_path: Path) -> None:
+    path = tmp_path / "snapshot.json"
+    path.write_bytes(text)
+    with pytest.raises(SnapshotError, match="nested too deeply"):
+        read_snapshot(path)

@@ -17,12 +17,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cdm_sync.model import CHANGE_FORMAT, ChangeRecord
 from cdm_sync.nova.snapshot import listing_of, read_snapshot
+from cdm_sync.nova.trace import TraceError, read_trace
+from cdm_sync.replay import replay
 from cdm_sync.sync.audit import full_audit
 from cdm_sync.sync.ports import Listing
 from tests.conftest import Harness
@@ -231,3 +234,81 @@ def test_audit_drops_placeholder_nova_does_not_list(
         "trace-versioned.jsonl",
         audited=True,
     )
+
+
+# -- reading a trace: every line checked before it is decoded -----------------------------------
+
+
+def test_read_trace_reports_each_bad_line_with_its_number(tmp_path: Path) -> None:
+    good = (TRACE_DIR / "trace-versioned.jsonl").read_bytes().splitlines()[:2]
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(
+        b"\n".join(
+            [
+                good[0],
+                b"   ",  # blank: skipped, but counted in the line numbers
+                b"[" * 100_000 + b"]" * 100_000,
+                b'{"event_type": "instance.update", "publisher_id": "caf\xe9"}',
+                b'"a string"',
+                b"{not json",
+                b"x" * 400_000,
+                good[1],
+            ]
+        )
+        + b"\r\n"  # the last line ends as a Windows editor would end it
+    )
+    read = list(read_trace(trace, max_line_bytes=300_000))
+    assert [number for number, _, _ in read] == [1, 3, 4, 5, 6, 7, 8]
+    reasons = {number: reason for number, _, reason in read if reason is not None}
+    assert reasons == {
+        3: "line 3 is nested too deeply to decode",
+        4: "line 4 is not UTF-8 (invalid continuation byte at byte 54)",
+        5: "line 5 is not a JSON object (a JSON string)",
+        6: reasons[6],
+        7: "line 7 has 400000 bytes, over the 300000-byte limit (not decoded)",
+    }
+    assert reasons[6].startswith("line 6 is not JSON (")
+    assert [line for _, line, _ in read if line is not None] == [json.loads(g) for g in good]
+
+
+@pytest.mark.parametrize(
+    ("content", "accepted"),
+    [
+        (b"x" * 1022, True),  # with its quotes, exactly at the limit
+        (b"x" * 1023, False),
+    ],
+)
+@pytest.mark.parametrize("newline", [b"\n", b""])
+def test_the_line_limit_is_exact(
+    tmp_path: Path, content: bytes, accepted: bool, newline: bytes
+) -> None:
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b'{"a": 1}\n"' + content + b'"' + newline)
+    [first, (number, _, reason)] = list(read_trace(trace, max_line_bytes=1024))
+    assert first == (1, {"a": 1}, None) and number == 2
+    if accepted:
+        assert reason == "line 2 is not a JSON object (a JSON string)"
+    else:
+        assert reason == "line 2 has 1025 bytes, over the 1024-byte limit (not decoded)"
+
+
+def test_a_missing_trace_is_a_trace_error(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match=r"missing\.jsonl"):
+        list(read_trace(tmp_path / "missing.jsonl"))
+
+
+def test_replay_applies_the_size_limit_it_is_given(tmp_path: Path) -> None:
+    """``max_message_bytes`` bounds the trace lines (and the snapshot's server items): a line
+    of the recorded trace over it is rejected, counted and logged, the rest applies."""
+    lines = (TRACE_DIR / "trace-versioned.jsonl").read_bytes().splitlines()
+    trace = tmp_path / "trace.jsonl"
+    trace.write_bytes(b"\n".join(lines) + b"\n")
+    limit = max(len(line) for line in lines) - 1
+    too_long = sum(len(line) > limit for line in lines)
+    result = replay(TRACE_DIR / "snapshot.json", trace, max_message_bytes=limit)
+    summary = result.service.stats.summary()
+    assert summary.rejected == too_long == 1
+    assert result.trace_lines == len(lines)
+    assert "over the" in result.service.stats.last_rejections[-1]
+    full = replay(TRACE_DIR / "snapshot.json", trace)
+    assert full.service.stats.summary().rejected == 0

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import oslo_messaging
+from oslo_messaging.notify.dispatcher import PRIORITIES
 
 from cdm_sync.nova.fields import PayloadError, brief, parse_time
 from cdm_sync.nova.payloads import (
@@ -30,14 +31,9 @@ LOG = logging.getLogger(__name__)
 UNHANDLED = "unhandled"
 IRRELEVANT = "irrelevant"
 SUPERSEDED = "superseded"
-# oslo.messaging's notification priorities, as endpoint method names.
-_PRIORITIES = ("audit", "debug", "info", "warn", "error", "critical", "sample")
 DEFAULT_SUPERSEDE_WINDOW = 300.0
 # How many (priority, event type) pairs the dispatcher and the traffic endpoint remember.
 _ROUTES_REMEMBERED = 4096
-
-# The event types some endpoint of ours handles; everything else is counted as unhandled.
-_HANDLED = re.compile(r"^(instance\.|compute\.instance\.|service\.(create|update|delete)$)")
 
 
 class FormatArbiter:
@@ -194,7 +190,7 @@ class TrafficEndpoint:
         self.arbiter = arbiter
         self._handled = {
             priority: tuple(h.EVENT_TYPES for h in handlers if hasattr(h, priority))
-            for priority in _PRIORITIES
+            for priority in PRIORITIES
         }
         self._handled_seen: dict[tuple[str, str], bool] = {}  # bounded as the routes are
 
@@ -276,7 +272,7 @@ class Dispatcher:
                 for e in endpoints
                 if hasattr(e, priority)
             ]
-            for priority in _PRIORITIES
+            for priority in PRIORITIES
         }
         # When every filter looks at the event type alone (ours do), which endpoints a
         # (priority, event type) reaches is resolved once and remembered: the filters' regular
@@ -292,7 +288,9 @@ class Dispatcher:
     def deliver(self, line: Any) -> None:
         service = self.service
         if type(line) is not dict and not isinstance(line, Mapping):
-            service.stats.rejection("(unparsable)", "trace line is not an object")
+            reason = f"trace line is {brief(line)}, not a JSON object"
+            service.stats.rejection("(unparsable)", reason)
+            LOG.warning("Rejected a notification: %s", reason)
             return
         event_type = line.get("event_type")
         raw_priority = line.get("priority", "info")
@@ -302,10 +300,11 @@ class Dispatcher:
         callbacks = self._callbacks.get(priority) if priority is not None else None
         if type(event_type) is not str or callbacks is None:
             label = event_type if isinstance(event_type, str) else "(not a string)"
-            service.stats.rejection(
-                label,
-                f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}",
+            reason = (
+                f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}"
             )
+            service.stats.rejection(label, reason)
+            LOG.warning("Rejected a notification: %s", reason)
             return
         ctxt = line.get("ctxt") or {}
         publisher_id = line.get("publisher_id")

@@ -22,11 +22,12 @@ configured one, checked against what Nova offers). Capacity comes from hyperviso
 and from Placement inventories through the same session from 2.88. Below 2.47 servers do not
 embed their flavor, so flavors are listed as well.
 
-Paginated lists are read with the client's raw ``GET`` (python-novaclient's SessionClient: its
+Lists are read with the client's raw ``GET`` (python-novaclient's SessionClient: its
 microversion headers, error mapping and keystoneauth retries) rather than through its managers:
 the managers drop the ``*_links`` that say whether another page exists, and wrapping 200,000
 server dicts in Resource objects only to ``to_dict()`` them again costs seconds. The items in
-the snapshot are exactly the API's dicts (what ``resource.to_dict()`` would return).
+the snapshot are exactly the API's dicts (what ``resource.to_dict()`` would return). An answer
+that cannot be decoded as sent (not UTF-8, not JSON, nested too deeply) fails the listing.
 """
 
 from __future__ import annotations
@@ -183,7 +184,7 @@ class NovaCollector:
         ``cdm-sync snapshot``), with the reasons it is incomplete. Raises ListingError."""
         read = _Read(captured_at=self._clock())
         # Pages of decoded servers pile up (acyclic data): without the pause, the cyclic GC
-        # rescans them after every page, about a third of a 200,000-server listing's time.
+        # rescans them after every page, a large share of a big listing's time.
         with gc_paused(freeze=False), self._failures(read):
             nova = self._connect()
             read.microversion = self._negotiate(nova).get_string()
@@ -329,6 +330,12 @@ class NovaCollector:
             ) from None
         except ks_exc.ClientException as exc:
             raise ListingError(f"{type(exc).__name__}: {exc}", read.partial()) from None
+        except RecursionError:
+            # Any other answer (version discovery, Placement) nested deeper than a decoder goes.
+            raise ListingError(
+                "an answer of the compute or placement API is nested too deeply to decode",
+                read.partial(),
+            ) from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ListingError(
                 f"unexpected answer from the compute API: {type(exc).__name__}: {exc}",
@@ -345,6 +352,7 @@ class NovaCollector:
         A page continues the list when Nova sent a ``next`` link (it does whenever a page is
         full at its effective limit, which may be lower than ours) or when the page is as long
         as we asked; an empty page always ends it. A marker seen twice is an error, not a loop.
+        A page that cannot be used (see :func:`_answer`) raises ListingError saying why.
         """
         marker: str | None = None
         seen: set[str] = set()
@@ -355,9 +363,7 @@ class NovaCollector:
                 if marker is not None:
                     query["marker"] = marker
             url = f"{path}?{urlencode(sorted(query.items()))}" if query else path
-            _resp, body = nova.client.get(url)
-            if not isinstance(body, dict) or not isinstance(body.get(key), list):
-                raise ValueError(f"GET {url}: no {key!r} list in the answer")
+            body = _answer(nova, url, key)
             items = body[key]
             yield items
             if not paginate or not items:
@@ -368,16 +374,17 @@ class NovaCollector:
                 return
             last = items[-1]
             if not isinstance(last, dict) or last.get("id") is None:
-                raise ValueError(f"GET {url}: last item has no id to continue from")
+                raise ListingError(f"GET {url}: last item has no id to continue from")
             marker = str(last["id"])
             if marker in seen:
-                raise ValueError(f"GET {url}: pagination returned marker {marker} twice")
+                raise ListingError(f"GET {url}: pagination returned marker {marker} twice")
             seen.add(marker)
 
     def _list_services(self, nova: Any, read: _Read, progress: Progress | None) -> None:
-        for service in nova.services.list(binary=COMPUTE_BINARY):
-            item = service.to_dict()
-            if item.get("status") == "UNKNOWN":
+        # One page, read like the others (novaclient's manager would deep-copy every item).
+        query = {"binary": COMPUTE_BINARY}
+        for item in next(self._pages(nova, "/os-services", "services", query, paginate=False)):
+            if isinstance(item, dict) and item.get("status") == "UNKNOWN":
                 read.down_services.append(str(item.get("host")))
             else:
                 read.services.append(item)
@@ -439,6 +446,34 @@ class NovaCollector:
         return self._placement
 
 
+def _answer(nova: Any, url: str, key: str) -> dict[str, Any]:
+    """The answer to ``GET url``: a JSON object holding a ``key`` list.
+
+    python-novaclient decodes the body with requests, which replaces bytes that are not UTF-8
+    and lets the decoder's RecursionError out; an answer that cannot be decoded as sent is
+    refused here, so the listing fails with the reason (ListingError) instead of going on
+    mangled or ending in a traceback. Raises novaclient's errors for HTTP errors, as the
+    client does.
+    """
+    try:
+        resp, body = nova.client.get(url)
+    except RecursionError:
+        raise ListingError(f"GET {url}: the answer is nested too deeply to decode") from None
+    content = resp.content
+    if not content.isascii():  # Nova's JSON is ASCII: the check costs nothing then
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ListingError(
+                f"GET {url}: the answer is not UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
+    if body is None:
+        raise ListingError(f"GET {url}: the answer is not JSON")
+    if not isinstance(body, dict) or not isinstance(body.get(key), list):
+        raise ListingError(f"GET {url}: no {key!r} list in the answer")
+    return body
+
+
 def _tell(progress: Progress | None, what: str, count: int) -> None:
     if progress is not None:
         progress(what, count)
@@ -472,6 +507,7 @@ def collector_from_conf(conf: Any = None, **overrides: Any) -> NovaCollector:
     :class:`cdm_sync.nova.auth.AuthConfigError` for unusable connection settings.
     """
     from cdm_sync.conf.nova_client import GROUP
+    from cdm_sync.conf.secrets import protect_secrets
 
     if conf is None:
         from cdm_sync.conf import CONF
@@ -482,6 +518,7 @@ def collector_from_conf(conf: Any = None, **overrides: Any) -> NovaCollector:
         connection = session_from_cloud(group.cloud, group.clouds_file)
     else:
         connection = Connection(session_from_conf(conf, GROUP))
+        protect_secrets(conf)  # the auth plugin's options are registered now
     codes = group.retriable_status_codes
     default = Retries()
     retries = Retries(

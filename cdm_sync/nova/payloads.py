@@ -121,24 +121,6 @@ def envelope_cause(
     return Cause(source, event_type, message_id), timestamp  # type: ignore[arg-type]
 
 
-# -- entry point -----------------------------------------------------------------------------------
-
-
-def parse_notification(event_type: str, payload: Any, metadata: Any) -> Event | None:
-    """The typed event a notification proves, ``None`` if it proves nothing about compute."""
-    if not isinstance(event_type, str):
-        raise PayloadError("event_type is not a string")
-    if event_type in IGNORED_EVENTS:
-        return None
-    if event_type.startswith("instance."):
-        return parse_versioned_instance(event_type, payload, metadata)
-    if event_type.startswith("compute.instance."):
-        return parse_legacy_instance(event_type, payload, metadata)
-    if event_type in ("service.create", "service.update", "service.delete"):
-        return parse_versioned_service(event_type, payload, metadata)
-    return None
-
-
 # -- versioned ------------------------------------------------------------------------------------
 
 

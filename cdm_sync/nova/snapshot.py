@@ -52,6 +52,9 @@ from cdm_sync.sync.ports import Listing
 LOG = logging.getLogger(__name__)
 
 SNAPSHOT_FORMAT = "cdm-sync/nova-snapshot/1"
+# The default of ``[notifications] max_message_bytes``, the largest server item read from a
+# file; commands pass the configured value.
+DEFAULT_MAX_ITEM_BYTES = 1 << 20
 
 
 class SnapshotError(ValueError):
@@ -75,9 +78,11 @@ class Snapshot:
 
     @property
     def server_count(self) -> int:
-        """Server items listed (translated or not)."""
+        """Server items listed (translated or not, readable or not)."""
         if self.server_events is not None:
             return len(self.server_events) + len(self.server_events.rejected)
+        if isinstance(self.servers, UntranslatedServers):
+            return len(self.servers) + len(self.servers.rejected)
         return len(self.servers)
 
     @classmethod
@@ -140,7 +145,7 @@ def write_snapshot(snapshot: Snapshot, path: str | Path) -> None:
     write_json_atomic(path, snapshot.to_dict(), compact=True)
 
 
-def read_snapshot(path: str | Path) -> Snapshot:
+def read_snapshot(path: str | Path, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES) -> Snapshot:
     """Read a snapshot file.
 
     The ``servers`` array (nearly all of a large file) is decoded one item at a time, and each
@@ -148,21 +153,43 @@ def read_snapshot(path: str | Path) -> Snapshot:
     2.47, the flavor list) came earlier in the file, as in files written with sorted keys;
     otherwise items are kept reduced to the keys cdm-sync reads (:class:`ServerItem`). Either
     way the decoded dicts never accumulate, so what the model keeps is not scattered among
-    freed objects, which would pin several KB of heap per instance for the life of the process.
+    freed objects, which would pin heap for the life of the process.
+
+    Each server item is untrusted on its own: one over ``max_item_bytes`` bytes of JSON
+    (``[notifications] max_message_bytes``), nested too deeply to decode, or holding bytes that
+    are not UTF-8 is rejected with the reason, like an item that cannot be translated, and the
+    rest is read. Anything else unusable (not JSON, not UTF-8 or nested too deeply outside the
+    server items, a wrong format tag) raises :class:`SnapshotError` with one line saying why.
     """
     try:
         # Bytes, then one decode: text mode reads several times slower on a large file.
         with open(path, "rb") as fh:
-            text = fh.read().decode("utf-8")
+            data = fh.read()
     except OSError as exc:
         raise SnapshotError(f"{path}: {exc.strerror or exc}") from None
+    not_utf8: UnicodeDecodeError | None = None
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SnapshotError(f"{path}: not UTF-8 text ({exc.reason})") from None
+        # Undecodable bytes become lone surrogates (U+DC80..U+DCFF, which strict UTF-8 never
+        # yields), so the server items holding them can be told apart and rejected one by one.
+        not_utf8 = exc
+        text = data.decode("utf-8", "surrogateescape")
+    del data
     try:
         with gc_paused():
-            doc = _decode_streaming(text)
+            doc = _decode_streaming(text, max_item_bytes, escaped=not_utf8 is not None)
+    except SnapshotError as exc:
+        raise SnapshotError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise SnapshotError(f"{path}: nested too deeply to decode") from None
     except ValueError as exc:
-        raise SnapshotError(f"{path}: not valid JSON ({exc})") from None
+        also = (
+            ""
+            if not_utf8 is None
+            else f"; not UTF-8 either ({not_utf8.reason} at byte {not_utf8.start})"
+        )
+        raise SnapshotError(f"{path}: not valid JSON ({exc}){also}") from None
     finally:
         del text
     return Snapshot.from_dict(doc, str(path))
@@ -170,12 +197,20 @@ def read_snapshot(path: str | Path) -> Snapshot:
 
 _WS = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+# A byte that was not UTF-8, as ``surrogateescape`` decodes it.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
-def _decode_streaming(text: str) -> Any:
-    """Decode a top-level JSON object, its ``servers`` as TranslatedServers or ServerItems.
+def _decode_streaming(
+    text: str, max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES, escaped: bool = False
+) -> Any:
+    """Decode a top-level JSON object, its ``servers`` as TranslatedServers or
+    UntranslatedServers (see :func:`_decode_items`).
 
     Only the top level is walked by hand; every value is decoded by the standard decoder.
+    ``escaped``: ``text`` was decoded with ``surrogateescape``; bytes that were not UTF-8 are
+    then refused (SnapshotError) anywhere but inside a server item. Raises ValueError (not
+    JSON), SnapshotError (what is wrong outside the server items) or RecursionError.
     """
     decode, skip = _DECODER.raw_decode, _WS.match
     pos = skip(text, 0).end()
@@ -187,17 +222,28 @@ def _decode_streaming(text: str) -> Any:
         _expect_end(text, pos + 1)
         return doc
     while True:
+        start = pos
         key, pos = decode(text, pos)
         if not isinstance(key, str):
-            raise ValueError(f"object key expected at char {pos}")
+            raise ValueError(f"object key expected at char {start}")
+        if escaped and _ESCAPED_BYTE.search(text, start, pos):
+            raise SnapshotError(f"not UTF-8 text in the key {brief(key)}")
         pos = skip(text, pos).end()
         if text[pos : pos + 1] != ":":
             raise ValueError(f"':' expected at char {pos}")
         pos = skip(text, pos + 1).end()
+        start = pos
         if key == "servers" and text[pos : pos + 1] == "[":
-            doc[key], pos = _decode_items(text, pos + 1, _early_translator(doc))
+            doc[key], pos = _decode_items(
+                text, pos + 1, _early_translator(doc), max_item_bytes, escaped
+            )
         else:
-            doc[key], pos = decode(text, pos)
+            try:
+                doc[key], pos = decode(text, pos)
+            except RecursionError:
+                raise SnapshotError(f"{brief(key)} is nested too deeply to decode") from None
+            if escaped and _ESCAPED_BYTE.search(text, start, pos):
+                raise SnapshotError(f"not UTF-8 text in {brief(key)}")
         pos = skip(text, pos).end()
         sep = text[pos : pos + 1]
         if sep == "}":
@@ -212,9 +258,18 @@ class TranslatedServers(list):  # type: ignore[type-arg]
     """Server items already translated into events while the file was decoded.
 
     Holds events (with a provisional bootstrap cause) and, in ``rejected``, the reasons for the
-    items that could not be translated. Far smaller than the decoded items, and nothing of the
-    items is kept, which is what keeps the model's heap compact after a large bootstrap.
+    items that could not be decoded or translated. Far smaller than the decoded items, and
+    nothing of the items is kept, which is what keeps the model's heap compact after a large
+    bootstrap.
     """
+
+    rejected: list[str]
+
+
+class UntranslatedServers(list):  # type: ignore[type-arg]
+    """Server items decoded from a file, to be translated later (each a :class:`ServerItem`,
+    or the raw value if it is not an object), and, in ``rejected``, the reasons for the items
+    that could not be decoded (:func:`snapshot_events` reports them)."""
 
     rejected: list[str]
 
@@ -248,23 +303,53 @@ def _early_translator(doc: dict[str, Any]) -> Any:
     return translate
 
 
-def _decode_items(text: str, pos: int, translate: Any = None) -> tuple[list[Any], int]:
+def _decode_items(
+    text: str,
+    pos: int,
+    translate: Any = None,
+    max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES,
+    escaped: bool = False,
+) -> tuple[TranslatedServers | UntranslatedServers, int]:
+    """The items of the array whose ``[`` precedes ``pos``, translated by ``translate`` if
+    given, and the position after its ``]``.
+
+    An item over ``max_item_bytes`` bytes of JSON, nested too deeply to decode or (when
+    ``escaped``, see :func:`_decode_streaming`) holding bytes that were not UTF-8 is rejected
+    with the reason and the next item is read. Raises ValueError if the array is not JSON.
+    """
     decode, skip = _DECODER.raw_decode, _WS.match
-    items: list[Any]
-    if translate is not None:
-        items = TranslatedServers()
-        items.rejected = []
-    else:
-        items = []
+    items: TranslatedServers | UntranslatedServers
+    items = TranslatedServers() if translate is not None else UntranslatedServers()
+    items.rejected = []
+    # Only an item longer than this many characters can be over the limit (a character is at
+    # most 4 bytes of UTF-8, 1 in an ASCII text): shorter ones, nearly all, are not measured.
+    unmeasured = max_item_bytes if text.isascii() else max_item_bytes // 4
     pos = skip(text, pos).end()
     if text[pos : pos + 1] == "]":
         return items, pos + 1
     while True:
-        item, pos = decode(text, pos)
-        if translate is not None:
-            translate(item, items)
+        start = pos
+        try:
+            item, pos = decode(text, pos)
+        except RecursionError:
+            pos = _skip_nested(text, pos)
+            items.rejected.append(_unreadable(items, None, "nested too deeply to decode"))
         else:
-            items.append(ServerItem.compact(item))
+            reason = None
+            if pos - start > unmeasured:
+                # The bytes the item had in the file (surrogateescape gives back bad ones).
+                size = len(text[start:pos].encode("utf-8", "surrogateescape"))
+                if size > max_item_bytes:
+                    reason = f"{size} bytes of JSON, over the {max_item_bytes}-byte limit"
+            if reason is None and escaped and _ESCAPED_BYTE.search(text, start, pos):
+                reason = "not UTF-8 text"
+            if reason is not None:
+                items.rejected.append(_unreadable(items, item, reason))
+            elif translate is not None:
+                translate(item, items)
+            else:
+                items.append(ServerItem.compact(item))
+            del item
         pos = skip(text, pos).end()
         sep = text[pos : pos + 1]
         if sep == "]":
@@ -272,6 +357,52 @@ def _decode_items(text: str, pos: int, translate: Any = None) -> tuple[list[Any]
         if sep != ",":
             raise ValueError(f"',' or ']' expected at char {pos}")
         pos = skip(text, pos + 1).end()
+
+
+def _unreadable(items: TranslatedServers | UntranslatedServers, item: Any, reason: str) -> str:
+    """The rejection of the server item about to be added to ``items`` (its index in the
+    array, and its id if it was decoded)."""
+    index = len(items) + len(items.rejected)
+    ident = item.get("id") if isinstance(item, Mapping) else None
+    return f"server item {index}{'' if ident is None else f' ({brief(ident)})'}: {reason}"
+
+
+# Where the end of a value nested too deeply may be: a run of opening or of closing brackets,
+# or a string (whose brackets do not count); and the rest of a string after its opening quote.
+_BRACKETS_OR_STRING = re.compile(r'[\[{]+|[\]}]+|"')
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_CLOSING = str.maketrans("[{", "]}")
+
+
+def _skip_nested(text: str, pos: int) -> int:
+    """The position after the array or object starting at ``pos``, found without recursion
+    (the decoder's limit) by pairing its brackets outside strings; nothing else is checked.
+    Raises ValueError if the value does not end."""
+    if text[pos : pos + 1] not in ("[", "{"):
+        raise ValueError(f"array or object expected at char {pos}")
+    expected: list[str] = []  # the closing brackets due, innermost last
+    find, string_rest = _BRACKETS_OR_STRING.search, _STRING_REST.match
+    at = pos
+    while True:
+        found = find(text, at)
+        if found is None:
+            raise ValueError(f"the array or object at char {pos} does not end")
+        run, at = found.group(), found.end()
+        if run == '"':
+            rest = string_rest(text, at)
+            if rest is None:
+                raise ValueError(f"unterminated string at char {at - 1}")
+            at = rest.end()
+        elif run[0] in "[{":
+            expected.extend(run.translate(_CLOSING))
+        else:
+            # The run may go on past the value's end (the brackets of what encloses it).
+            closes = min(len(run), len(expected))
+            if "".join(reversed(expected[-closes:])) != run[:closes]:
+                raise ValueError(f"mismatched brackets at char {found.start()}")
+            del expected[-closes:]
+            if not expected:
+                return found.start() + closes
 
 
 # The keys of a server item that cdm-sync reads; the rest (addresses, links, image, ...) are
@@ -368,6 +499,10 @@ def snapshot_events(
         yield from _translated(snapshot.server_events, cause, report, consume)
         return
     servers = snapshot.servers
+    if isinstance(servers, UntranslatedServers):
+        for reason in servers.rejected:
+            report.rejected.append(reason)
+            LOG.warning("Snapshot item rejected: %s", reason)
     flavors = _flavor_index(snapshot.flavors)
     for index in range(len(servers)):
         item = servers[index]

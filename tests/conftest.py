@@ -18,6 +18,7 @@ import pytest
 
 from cdm_sync.messaging.endpoints import deliver, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, Snapshot, snapshot_events
 from cdm_sync.sync.service import SyncService
 from tests.fakenova import STATUS_OF_VM_STATE
@@ -45,7 +46,7 @@ class Harness:
     ) -> None:
         self.clock = clock
         self.model = ComputeModel(clock=clock, tombstone_ttl=tombstone_ttl)
-        self.service = SyncService(self.model)
+        self.service = SyncService(self.model, event_types=NOVA_EVENT_TYPES)
         self.records: list[ChangeRecord] = []
         self.service.add_publisher(self.records.extend)
         self.endpoints = make_endpoints(self.service, "auto" if legacy else "versioned")

@@ -61,6 +61,7 @@ from bench.run import (
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import Snapshot, listing_of, read_snapshot
 from cdm_sync.replay import bootstrap
 from cdm_sync.runtime import settle_heap
@@ -93,7 +94,8 @@ AUDIT_TARGET_INSTANCES = 200_000
 # missing (created, notification lost), a third ghosts (deleted), a third stale fields.
 DRIFT_SHARE = 0.005
 
-PARTS = ("rabbit", "nova", "audit")
+PARTS = ("rabbit", "nova", "audit", "backlog")
+BACKLOG = 1_000_000
 
 
 def _log(message: str) -> None:
@@ -476,7 +478,7 @@ def _warm_service(path: Path, warm_up: list[dict[str, Any]]) -> SyncService:
     """A model bootstrapped from the snapshot that has applied ``warm_up`` (in process): a
     running service has filled its window of remembered message ids (as in bench/run.py)."""
     snapshot = read_snapshot(path)
-    service = SyncService(ComputeModel())
+    service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     bootstrap(service, snapshot)
     del snapshot
     dispatcher = Dispatcher(make_endpoints(service), service)
@@ -499,7 +501,7 @@ def rabbit_part(
         return result
 
     # Identical models: bootstrapped from the same snapshot, warmed up with the same stream.
-    first = SyncService(ComputeModel())
+    first = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     bootstrap(first, read_snapshot(path))
     sim = CloudSim(first.model, seed + 2)
     warm_up = sim.state_stream(DEFAULT_DEDUPE_WINDOW + 1000)
@@ -743,7 +745,7 @@ def nova_part(size: Size, seed: int, profile: bool, top: int) -> dict[str, Any]:
 
         def run() -> tuple[RunReport, _TimedCollector, SyncService, dict[str, float]]:
             collector = _TimedCollector(NovaCollector(session(), page_size=1000))
-            service = SyncService(ComputeModel())
+            service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
             engine = SyncEngine(service, collector)
             start = _clock()
             report = engine.bootstrap()
@@ -851,7 +853,7 @@ def audit_part(path: Path, size: Size, seed: int, profile: bool, top: int) -> di
     model (the steady state), once with ``DRIFT_SHARE`` of it drifted."""
     result: dict[str, Any] = {"part": "audit", "size": size.name, "instances": size.instances}
     collector = _PreparedCollector()
-    service = SyncService(ComputeModel())
+    service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     # No margin: the prepared listings race no Nova (what the model observed before an audit
     # began is older than that audit's listing).
     engine = SyncEngine(service, collector, deletion_margin=0.0)
@@ -924,6 +926,7 @@ def run_parts(
     url: str,
     profile: bool,
     top: int,
+    backlog: int = BACKLOG,
 ) -> list[dict[str, Any]]:
     """Run each part in a fresh process (memory and GC state of one never pollute another)."""
     results = []
@@ -949,6 +952,8 @@ def run_parts(
             url,
             "--profile-top",
             str(top),
+            "--backlog",
+            str(backlog),
         ]
         if profile:
             cmd.append("--profile")
@@ -989,6 +994,10 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         return [(f"live {part}: worker failed", label, result["error"], "-", "NO")]
     if "skipped" in result:
         return [(f"live {part}: skipped", label, result["skipped"], "-", "-")]
+    if part == "backlog":
+        from bench.backlog import rows as backlog_rows
+
+        return backlog_rows(result, label)
     if part == "rabbit":
         n = result["notifications"]
         runs, cdm = _sum(result["drains"], "cdm")
@@ -1073,6 +1082,10 @@ def details(result: dict[str, Any]) -> str:
     part, size = result["part"], result["size"]
     if "error" in result or "skipped" in result:
         return f"- live {part} ({size}): {result.get('error') or result.get('skipped')}"
+    if part == "backlog":
+        from bench.backlog import details as backlog_details
+
+        return backlog_details(result)
     out = []
     if part == "rabbit":
         n = result["notifications"]
@@ -1151,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--seed", type=int, default=20261122)
     parser.add_argument("--rabbit-url", default=DEFAULT_RABBIT_URL)
+    parser.add_argument("--backlog", type=int, default=BACKLOG)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile-top", type=int, default=25)
     args = parser.parse_args(argv)
@@ -1171,6 +1185,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif args.part == "nova":
         result = nova_part(size, args.seed, args.profile, args.profile_top)
+    elif args.part == "backlog":
+        from bench.backlog import backlog_part
+
+        result = backlog_part(args.snapshot, size, args.backlog, args.seed, args.rabbit_url)
     else:
         result = audit_part(args.snapshot, size, args.seed, args.profile, args.profile_top)
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -42,6 +42,7 @@ from typing import Any
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ComputeModel, Flavor
 from cdm_sync.model.graph import DEFAULT_DEDUPE_WINDOW
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, read_snapshot
 from cdm_sync.replay import bootstrap
 from cdm_sync.sync.service import SyncService
@@ -605,7 +606,7 @@ def run_worker(
     snapshot = read_snapshot(path)
     read = _elapsed(start)
     model = ComputeModel()
-    service = SyncService(model)
+    service = SyncService(model, event_types=NOVA_EVENT_TYPES)
     events = len(snapshot.hypervisors) + len(snapshot.services) + snapshot.server_count
     rejected = bootstrap(service, snapshot)  # the product's own bootstrap path
     total = _elapsed(start)
@@ -686,7 +687,7 @@ def run_worker(
         gc.collect()
         prof = cProfile.Profile()
         prof.enable()
-        fresh = SyncService(ComputeModel())
+        fresh = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
         bootstrap(fresh, read_snapshot(path))
         prof.disable()
         result["profiles"] = {"apply": apply_text, "bootstrap": _profile_text(prof, top)}
@@ -844,6 +845,12 @@ def main(argv: list[str] | None = None) -> int:
         default="rabbit://guest:guest@127.0.0.1:5672/",
         help="the broker for the RabbitMQ row (oslo.messaging transport URL)",
     )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        help="notifications queued for the live backlog row (default 1,000,000; 20,000 at the "
+        "quick size; 0: no backlog row)",
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--size", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -917,7 +924,11 @@ def main(argv: list[str] | None = None) -> int:
             if live:
                 from bench import live as live_bench  # imports this module: import it late
 
-                parts = ["audit", "nova"] + (["rabbit"] if name == rabbit_size else [])
+                backlog = args.backlog
+                if backlog is None:
+                    backlog = 20_000 if name == "quick" else live_bench.BACKLOG
+                rabbit = ["rabbit"] + (["backlog"] if backlog else [])
+                parts = ["audit", "nova"] + (rabbit if name == rabbit_size else [])
                 live_results += live_bench.run_parts(
                     parts,
                     name,
@@ -929,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
                     url=args.rabbit_url,
                     profile=args.profile,
                     top=args.profile_top,
+                    backlog=backlog,
                 )
             path.unlink()
 

@@ -45,6 +45,7 @@ from cdm_sync.messaging.listener import (
     listener_from_conf,
 )
 from cdm_sync.model import ChangeRecord, ComputeModel
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import read_snapshot
 from cdm_sync.replay import ReplayResult, bootstrap, replay
 from cdm_sync.sync.service import SyncService
@@ -71,7 +72,9 @@ def reference(name: str = "trace-versioned.jsonl", nova_format: str = "auto") ->
 
 
 def bootstrapped(model: ComputeModel | None = None) -> SyncService:
-    service = SyncService(model if model is not None else ComputeModel())
+    service = SyncService(
+        model if model is not None else ComputeModel(), event_types=NOVA_EVENT_TYPES
+    )
     bootstrap(service, read_snapshot(SNAPSHOT))
     return service
 
@@ -169,6 +172,33 @@ class Bus:
             _, messages, consumers = connection.default_channel.queue_declare(name, passive=True)
         return messages, consumers
 
+    def unacknowledged(self, name: str) -> tuple[int, int]:
+        """(messages ready, messages delivered and not yet acknowledged) of a queue, as the
+        broker counts them (rabbitmqctl, as an operator would look)."""
+        listed = subprocess.run(
+            ["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name",
+             "messages_ready", "messages_unacknowledged"],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        for row in listed.splitlines():
+            queue, ready, unacked = row.split()
+            if queue == name:
+                return int(ready), int(unacked)
+        raise AssertionError(f"no queue {name}")
+
+    def publish_raw(self, body: bytes, content_type: str, priority: str = "info") -> None:
+        """Publish a body as it is (no oslo.messaging envelope, no serializer) where the
+        notifier would have published an info notification: anything may reach the bus."""
+        with kombu.Connection(self.url.replace("rabbit://", "amqp://") + "/") as connection:
+            kombu.Producer(connection.default_channel).publish(
+                body,
+                exchange=self.exchange,
+                routing_key=f"{self.topic}.{priority}",
+                content_type=content_type,
+                content_encoding="binary",
+                declare=[],
+            )
+
     def close(self) -> None:
         for listener in self.listeners:
             listener.stop()
@@ -228,7 +258,7 @@ def test_nova_samples_published_by_a_notifier_apply_in_arrival_order(bus: Bus) -
         samples.append(sample)
     assert {s["priority"] for s in samples} >= {"INFO", "ERROR"}
 
-    live = SyncService(ComputeModel())
+    live = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     live_records: list[ChangeRecord] = []
     live.add_publisher(live_records.extend)
     listener = bus.listener(live, batch_size=len(samples))  # one batch when the broker allows
@@ -240,7 +270,7 @@ def test_nova_samples_published_by_a_notifier_apply_in_arrival_order(bus: Bus) -
     wait_for(lambda: listener.stats.applied >= len(samples), what="every sample applied")
 
     # The same notifications delivered directly, in publish order, envelope times increasing.
-    direct = SyncService(ComputeModel())
+    direct = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     direct_records: list[ChangeRecord] = []
     direct.add_publisher(direct_records.extend)
     dispatcher = Dispatcher(make_endpoints(direct), direct)
@@ -267,7 +297,7 @@ def test_pools_copy_to_each_pool_share_within_one_and_take_nothing_from_others(
     update = load_sample("instance-update")
     uuids = [str(uuid.uuid4()) for _ in range(40)]
     alone, shared = bus.pool("alone"), bus.pool("shared")
-    services = [SyncService(ComputeModel()) for _ in range(3)]
+    services = [SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES) for _ in range(3)]
     listeners = [
         bus.listener(services[0], pool=alone),
         bus.listener(services[1], pool=shared),
@@ -318,7 +348,7 @@ def test_pools_copy_to_each_pool_share_within_one_and_take_nothing_from_others(
 def test_gap_free_bootstrap_holds_before_start_and_releases_in_order(bus: Bus) -> None:
     """The engine's sequence: hold, start, list and load while notifications arrive, release."""
     lines = trace()
-    service = SyncService(ComputeModel())
+    service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     listener = bus.listener(service)
     listener.hold()
     listener.start()
@@ -342,10 +372,15 @@ def test_gap_free_bootstrap_holds_before_start_and_releases_in_order(bus: Bus) -
     assert listener.stats.released == len(during_listing)
 
 
-def test_hold_mid_stream_buffers_everything_then_release_applies_it(bus: Bus) -> None:
+def test_hold_mid_stream_keeps_a_bounded_backlog_unacknowledged_then_release_applies_it(
+    bus: Bus,
+) -> None:
+    """While held, at most max_inflight batches wait in memory, unanswered and unacknowledged;
+    the rest of the backlog waits in RabbitMQ (the prefetch bound); release applies it all."""
     lines = trace()
     service = bootstrapped()
-    listener = bus.listener(service, batch_size=8)
+    pool = bus.pool()
+    listener = bus.listener(service, pool=pool, batch_size=8)  # 4 batches in flight: 32 held
     listener.start()
     for line in lines[:40]:
         bus.send(line)
@@ -355,16 +390,92 @@ def test_hold_mid_stream_buffers_everything_then_release_applies_it(bus: Bus) ->
     at_hold = service.model.to_dict()
     for line in lines[40:100]:
         bus.send(line)
-    wait_for(lambda: listener.stats.buffered == 60, what="60 buffered")
+    wait_for(lambda: listener.stats.buffered == 32, what="four batches held")
+    time.sleep(1.0)  # room for more to arrive, were the bound not to hold
+    assert listener.stats.buffered == 32
+    ready, unacknowledged = bus.unacknowledged(pool)
+    assert ready + unacknowledged == 60  # nothing held was acknowledged
+    assert unacknowledged <= 8 * (4 + 1)  # what the broker may hand the receiver
     assert service.model.to_dict() == at_hold
     assert listener.stats.applied == 40
 
-    assert listener.release() == 60
+    assert listener.release() == 32
     assert listener.release() == 0  # nothing left; releasing again is harmless
     for line in lines[100:]:
         bus.send(line)
     wait_for(lambda: listener.stats.applied == len(lines))
     assert service.model.to_dict() == reference().model.to_dict()
+    wait_for(lambda: bus.unacknowledged(pool) == (0, 0), what="everything acknowledged")
+
+
+def test_what_a_killed_receiver_held_comes_again_and_is_applied_once(bus: Bus) -> None:
+    """Held messages are not acknowledged: a receiver killed while the listener holds loses
+    nothing; the next one gets them again, and release applies each notification once."""
+    lines = trace()
+    service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
+    pool = bus.pool()
+    listener = bus.listener(service, pool=pool, batch_size=8)
+    listener.hold()
+    listener.start()
+    first = listener.receiver_pid
+    for line in lines[:50]:
+        bus.send(line)
+    wait_for(lambda: listener.stats.buffered == 32, what="four batches held")
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: listener.receiver_pid not in (None, first), what="a new receiver")
+    wait_for(lambda: listener.stats.buffered == 32, timeout=30, what="held again")
+
+    bootstrap(service, read_snapshot(SNAPSHOT))
+    assert listener.release() == 32
+    for line in lines[50:]:
+        bus.send(line)
+    wait_for(lambda: listener.stats.applied == len(lines), timeout=30)
+    assert service.model.to_dict() == reference().model.to_dict()
+    assert changed(service) == changed(reference().service)
+
+
+def test_bodies_that_are_not_notifications_are_counted_logged_and_acknowledged(
+    bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever reaches the pool queue: a body nested 100,000 deep, one of 50 MB, one that is
+    not UTF-8, plain text, JSON that is not an object, an object without oslo.messaging's
+    envelope. Each is one counted rejection and one log line with the reason (no traceback),
+    it is acknowledged, and the notifications around it apply."""
+    lines = trace()
+    service = bootstrapped()
+    pool = bus.pool()
+    listener = bus.listener(service, pool=pool, max_message_bytes=1 << 20)
+    listener.start()
+    huge = {"oslo.version": "2.0", "oslo.message": json.dumps({"x": "y" * (50 << 20)})}
+    bad = [
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply"),
+        (json.dumps(huge).encode(), "application/json", "over the 1048576-byte limit"),
+        (b'{"oslo.version": "2.0", "oslo.message": "' + b"\xff\xfe" + b'"}',
+         "application/json", "cannot be read"),
+        (b"not JSON at all", "text/plain", "not a JSON object"),
+        (b"[1, 2, 3]", "application/json", "list, not a JSON object"),
+        (b'{"hello": "world"}', "application/json", "no oslo.messaging notification envelope"),
+    ]  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        for line in lines[:30]:
+            bus.send(line)
+        for body, content_type, _ in bad:
+            bus.publish_raw(body, content_type)
+        for line in lines[30:]:
+            bus.send(line)
+        wait_for(lambda: listener.stats.applied == len(lines), timeout=60, what="all applied")
+        wait_for(lambda: listener.stats.unreadable == len(bad), what="each refusal counted")
+        wait_for(lambda: bus.unacknowledged(pool) == (0, 0), what="everything acknowledged")
+    assert service.model.to_dict() == reference().model.to_dict()
+    assert service.stats.summary().rejected == len(bad)
+    refusals = [r for r in caplog.records if "Rejected a message from RabbitMQ" in r.getMessage()]
+    assert len(refusals) == len(bad)
+    for (_, _, reason), record in zip(bad, refusals, strict=True):
+        assert reason in record.getMessage()
+    assert all(r.exc_info is None and not getattr(r, "exc_text", None) for r in caplog.records)
+    assert "Traceback" not in caplog.text
+    assert all(len(r.getMessage()) < 1000 for r in caplog.records)
 
 
 def test_closed_connections_mid_stream_lose_nothing(bus: Bus) -> None:
@@ -383,7 +494,8 @@ def test_closed_connections_mid_stream_lose_nothing(bus: Bus) -> None:
     try:
         for line in lines[:60]:
             bus.send(line)
-        wait_for(lambda: listener.stats.received > 0 and bus.queue(pool)[0] == 0)
+        # Delivered, not acknowledged (the prefetch bound leaves the rest ready in the queue).
+        wait_for(lambda: listener.stats.received > 0 and bus.unacknowledged(pool)[1] > 0)
         assert listener.stats.applied < 60
 
         closed = close_rabbit_connections(f":{listener.receiver_pid}:", "cdm-sync listener test")
@@ -587,7 +699,8 @@ def test_a_receiver_that_dies_is_replaced_and_nothing_is_lost(bus: Bus) -> None:
     try:
         for line in lines[:60]:
             bus.send(line)
-        wait_for(lambda: listener.stats.received > 0 and bus.queue(pool)[0] == 0)
+        # Delivered, not acknowledged (the prefetch bound leaves the rest ready in the queue).
+        wait_for(lambda: listener.stats.received > 0 and bus.unacknowledged(pool)[1] > 0)
         os.kill(first, signal.SIGKILL)
     finally:
         sink_free.set()
@@ -653,7 +766,7 @@ def test_a_receiver_stops_when_the_service_is_killed(bus: Bus) -> None:
 def test_bad_transport_fails_start_clearly_and_logs_no_password(
     bus: Bus, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service = SyncService(ComputeModel())
+    service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
     listener = NotificationListener(
         "nosuchdriver://cdm:s3cret-pw@127.0.0.1:5672/",
         Dispatcher(make_endpoints(service), service),
@@ -670,5 +783,5 @@ def test_bad_transport_fails_start_clearly_and_logs_no_password(
 
 def test_a_transport_object_is_refused(bus: Bus) -> None:
     with pytest.raises(TypeError, match="transport URL"):
-        service = SyncService(ComputeModel())
+        service = SyncService(ComputeModel(), event_types=NOVA_EVENT_TYPES)
         NotificationListener(bus.transport, Dispatcher([], service), pool=bus.pool())

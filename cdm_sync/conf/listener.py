@@ -41,9 +41,13 @@ OPTS = [
         "batch_size",
         default=256,
         min=1,
-        help="Most notifications applied per batch. Batches are received by oslo.messaging's "
-        "batch listener and applied in arrival order on its poll thread (nothing more is read "
-        "from RabbitMQ while a batch is applied).",
+        help="Most notifications per batch. oslo.messaging's batch listener receives them in "
+        "a process of its own and forwards each batch; the service applies it, in arrival "
+        "order, and only then are its messages acknowledged. At most 4 batches wait for "
+        "their answer (also while the bootstrap holds notifications back), and RabbitMQ hands "
+        "the receiver at most batch_size x 5 unacknowledged messages, unless "
+        "[oslo_messaging_rabbit] rabbit_qos_prefetch_count sets another bound: a backlog "
+        "waits in RabbitMQ.",
     ),
     cfg.FloatOpt(
         "batch_timeout",

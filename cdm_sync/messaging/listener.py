@@ -1,52 +1,28 @@
 """The live feed: Nova's notifications from RabbitMQ, through oslo.messaging, into the model.
 
-Why it is built the way it is:
+Contracts (the reasons are in doc/source/architecture.rst):
 
-- **Batch listener.** oslo.messaging's single-message listener hands one message at a time from
-  its poll thread to a worker, and that hand-off is the bottleneck; its batch server
-  (:class:`oslo_messaging.notify.listener.BatchNotificationServer`, what
-  ``get_batch_notification_listener`` builds) gets close to the rate the broker delivers at.
-- **Received in a process of its own.** oslo.messaging's poll thread is busy for a few hundred
-  microseconds of Python per message; in this process it would take turns with the thread
-  applying notifications (the GIL), and with the collector's passes over a large model. The
-  batch server therefore runs in a receiving process (:mod:`cdm_sync.messaging.receiver`,
-  ``python -m cdm_sync.messaging.receiver``, started and stopped by this listener), which
-  forwards each batch, as trace lines in arrival order, over a socket pair; one thread here
-  (``cdm-sync-notifications``) applies the batches one after another, strictly in the order
-  received, and answers each, and only then does the receiver acknowledge its messages to
-  RabbitMQ. At most a few batches are unanswered at a time: a slow model holds messages back in
-  RabbitMQ. If the receiver dies, the listener logs it, starts another (with a backoff), and
-  RabbitMQ delivers again what was not acknowledged; if this process dies, the receiver sees
-  its socket close and stops. Its log records come back here and go through this process's
-  logging (oslo.log). Measured with ``python -m bench.run``: see the benchmarks doc.
-- **Arrival order.** The stock batch dispatcher sorts a batch by priority before calling the
-  endpoints, which would apply an ``instance.create.error`` (ERROR) before the ``instance.update``
-  (INFO) sent ahead of it. The receiver therefore forwards batches as they arrived, and every
-  message is handed, in that order, to the same
-  :class:`~cdm_sync.messaging.endpoints.Dispatcher` that ``cdm-sync replay`` uses (one path for
-  live and replayed notifications).
-- **A pool.** With the rabbit driver the pool name is the name of one queue bound to every
-  topic and priority we listen to: cdm-sync gets its own copy of every notification without
-  taking any from other consumers, and (one queue, one consumer channel) receives them in the
-  order RabbitMQ queued them, whatever their topic or priority.
-- **Failures.** Malformed notifications are rejected and counted by the endpoints and never
-  reach here as exceptions. Anything else raised while applying (a bug) requeues that message
-  (``NotificationResult.REQUEUE`` semantics: the answer to a batch names exactly the messages
-  the receiver requeues; it acknowledges the rest) after a short backoff; a message that keeps
-  failing is dropped after ``max_redeliveries`` with an error in the log, so one poison message
-  cannot stall the feed forever (the audits repair what it would have changed). A requeued
-  message comes back after those already received, so it is applied out of order: versions
-  decide what wins (an older observation is ignored as stale).
-- **Reconnection** is oslo.messaging's and kombu's, in the receiver: its poll thread reconnects
-  and re-declares the pool queue, and messages that were not acknowledged on the lost
-  connection are delivered again. Nothing here holds a connection or catches the driver's
-  errors.
-- **The gap-free bootstrap** (:class:`~cdm_sync.sync.ports.NotificationGate`): ``hold()`` makes
-  the listener buffer what it receives (acknowledged, in order) while the engine lists Nova and
-  loads the model; ``release()`` applies the buffer through the normal path, then goes back to
-  applying as messages arrive. Buffered messages are acknowledged rather than left unacked, so
-  a long listing cannot run into RabbitMQ's consumer timeout; if the process dies while holding,
-  the next start lists Nova again after those notifications, so nothing is lost.
+- Notifications are received by oslo.messaging's batch server in a process of its own
+  (:mod:`cdm_sync.messaging.receiver`, started, watched and replaced by this listener), on the
+  pool queue ``pool``: cdm-sync's own copy of every topic and priority, in the order RabbitMQ
+  queued them. One thread here (``cdm-sync-notifications``) applies each batch in arrival order
+  through the same :class:`~cdm_sync.messaging.endpoints.Dispatcher` ``cdm-sync replay`` uses,
+  then answers it; only then does the receiver acknowledge its messages. If either process
+  dies, RabbitMQ delivers again what was not acknowledged; duplicates and versions absorb it.
+- At most ``max_inflight`` batches are unanswered and the broker hands the receiver at most
+  ``batch_size * (max_inflight + 1)`` unacknowledged messages: a slow model keeps the backlog
+  in RabbitMQ.
+- ``hold()`` (the gap-free bootstrap, :class:`~cdm_sync.sync.ports.NotificationGate`) keeps the
+  batches that arrive unanswered and unacknowledged, so at most ``max_inflight`` batches wait
+  in memory and the rest waits in RabbitMQ; ``release()`` applies and answers them in order.
+  Held messages count against RabbitMQ's consumer timeout (30 minutes by default): a bootstrap
+  listing longer than that has its channel closed and the messages redelivered, nothing lost.
+- A message raising anything but a rejection while applied (a bug) is requeued after a
+  backoff and dropped, logged, after ``max_redeliveries``; audits repair what it would have
+  changed. A message the receiver could not read is counted as rejected and logged with the
+  reason, then acknowledged.
+- If the applying thread itself fails, the listener stops with :attr:`failure` set (``running``
+  is then False) and nothing more is acknowledged; the daemon reports and restarts it.
 """
 
 from __future__ import annotations
@@ -85,6 +61,7 @@ DEFAULT_MAX_REDELIVERIES = 5
 # Batches the receiver may have forwarded without an answer: enough to keep it busy while
 # one is applied, few enough that a slow model holds messages back in RabbitMQ.
 DEFAULT_MAX_INFLIGHT = 4
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 # First backoff before a failed message is requeued; doubled per attempt, capped.
 DEFAULT_REQUEUE_DELAY = 0.1
 MAX_REQUEUE_DELAY = 5.0
@@ -96,6 +73,8 @@ STOP_TIMEOUT = 30.0
 # How many failing message ids are remembered for the redelivery bound.
 _ATTEMPTS_REMEMBERED = 1024
 APPLY_THREAD = "cdm-sync-notifications"
+# The counter label of messages that are not notifications at all.
+UNREADABLE = "(unparsable)"
 
 
 @dataclass
@@ -108,9 +87,10 @@ class ListenerStats:
 
     batches: int = 0
     received: int = 0  # messages taken from RabbitMQ, redeliveries included
-    applied: int = 0  # messages handed to the apply path (directly or from the buffer)
-    buffered: int = 0  # messages in the hold buffer now
-    released: int = 0  # messages applied from the buffer, in total
+    applied: int = 0  # messages handed to the apply path (directly or once released)
+    buffered: int = 0  # messages held now (unanswered, unacknowledged)
+    released: int = 0  # held messages applied on release, in total
+    unreadable: int = 0  # messages that were not notifications (refused by the receiver)
     failures: int = 0  # unexpected exceptions while applying
     requeued: int = 0  # messages given back to RabbitMQ after a failure
     dropped: int = 0  # messages given up on after max_redeliveries (or failing in release)
@@ -145,7 +125,7 @@ def _relog(body: bytes) -> None:
         logger.handle(record)
 
 
-class _Receiver:
+class ReceiverProcess:
     """The receiving process as the listener sees it: the process and its end of the socket."""
 
     def __init__(self, spec: receiver.ReceiverSpec, stopping: threading.Event) -> None:
@@ -245,6 +225,8 @@ class NotificationListener:
         max_redeliveries: int = DEFAULT_MAX_REDELIVERIES,
         requeue_delay: float = DEFAULT_REQUEUE_DELAY,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        prefetch: int | None = None,
         conf: cfg.ConfigOpts | None = None,
     ) -> None:
         self.topics = tuple(topics)
@@ -259,6 +241,8 @@ class NotificationListener:
             raise ValueError("batch_size must be >= 1 and batch_timeout > 0")
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch must be >= 0 (0: no limit)")
         if transport is not None and not isinstance(transport, str | oslo_messaging.TransportURL):
             raise TypeError(
                 "pass a transport URL (or None and conf), not a "
@@ -275,24 +259,33 @@ class NotificationListener:
         self.max_redeliveries = max_redeliveries
         self.requeue_delay = requeue_delay
         self.max_inflight = max_inflight
+        self.max_message_bytes = max_message_bytes
+        # What RabbitMQ may hand the receiver unacknowledged: the batches in flight and the one
+        # being filled. 0 is oslo.messaging's default, no limit (kept for comparisons).
+        self.prefetch = batch_size * (max_inflight + 1) if prefetch is None else prefetch
         self.stats = ListenerStats()
         # Held by the applying thread for a whole batch and by hold()/release(): no batch is
         # applied while the buffer is being drained, so the buffer always comes first.
         self._lock = threading.Lock()
         self._held = False
-        self._buffer: list[Any] = []
+        # Batches held back, unanswered, with the receiver that sent them (only its own
+        # receiver can answer a batch: a replaced one's messages are redelivered anyway).
+        self._held_batches: list[tuple[ReceiverProcess, list[Any]]] = []
         self._attempts: collections.OrderedDict[Any, int] = collections.OrderedDict()
         self._stopping = threading.Event()
         # Guards _thread against a stop() racing a start() (the daemon starts on a thread).
         self._state_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._receiver: _Receiver | None = None
+        self._receiver: ReceiverProcess | None = None
+        self.failure: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        return self._thread is not None
+        """Started, not stopped, and its applying thread alive."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
 
     @property
     def receiver_pid(self) -> int | None:
@@ -315,6 +308,8 @@ class NotificationListener:
             batch_size=self.batch_size,
             batch_timeout=self.batch_timeout,
             max_inflight=self.max_inflight,
+            prefetch=self.prefetch,
+            max_message_bytes=self.max_message_bytes,
             log_levels=levels,
         )
 
@@ -330,10 +325,13 @@ class NotificationListener:
         """
         with self._state_lock:
             if self._thread is not None:
-                return
+                if self._thread.is_alive():
+                    return
+                self._thread = None  # it failed: start afresh
             self._stopping.clear()
+            self.failure = None
         spec = self._spec()
-        started = _Receiver(spec, self._stopping)
+        started = ReceiverProcess(spec, self._stopping)
         with self._state_lock:
             if self._stopping.is_set():
                 started.close(STOP_TIMEOUT)
@@ -364,6 +362,12 @@ class NotificationListener:
         current = self._receiver
         if current is not None:
             current.send(receiver.QUIT)
+            with self._lock:
+                holding = bool(self._held_batches)
+            if holding:
+                # Held batches will not be answered now: let the receiver go at once (RabbitMQ
+                # delivers what it held again) rather than wait for answers that never come.
+                current.disconnect()
         thread.join(STOP_TIMEOUT)
         if thread.is_alive() and self._receiver is not None:
             LOG.warning("The notification receiver did not stop within %.0fs", STOP_TIMEOUT)
@@ -376,6 +380,16 @@ class NotificationListener:
     # -- the applying thread -----------------------------------------------------------------
 
     def _run(self, spec: receiver.ReceiverSpec) -> None:
+        try:
+            self._run_receivers(spec)
+        except BaseException as exc:  # a bug here: stop, say why, acknowledge nothing more
+            self.failure = f"the notification listener failed: {type(exc).__name__}: {exc}"
+            LOG.exception("The notification listener stopped: it failed unexpectedly")
+            current, self._receiver = self._receiver, None
+            if current is not None:
+                current.close(5.0)  # what it held is redelivered to the next receiver
+
+    def _run_receivers(self, spec: receiver.ReceiverSpec) -> None:
         """Apply what the receiver forwards until it stops; replace it if it dies."""
         delay = RESTART_DELAY
         while True:
@@ -384,6 +398,7 @@ class NotificationListener:
             self._serve(current)
             code = current.close(STOP_TIMEOUT if self._stopping.is_set() else 5.0)
             self._receiver = None
+            self._forget_held(current)
             if self._stopping.is_set():
                 return
             self.stats.restarts += 1
@@ -396,7 +411,7 @@ class NotificationListener:
             )
             while not self._stopping.wait(delay):
                 try:
-                    self._receiver = _Receiver(spec, self._stopping)
+                    self._receiver = ReceiverProcess(spec, self._stopping)
                     break
                 except ListenerStopped:
                     return
@@ -407,7 +422,7 @@ class NotificationListener:
                 return
             delay = RESTART_DELAY
 
-    def _serve(self, current: _Receiver) -> None:
+    def _serve(self, current: ReceiverProcess) -> None:
         """Apply and answer every batch in order, until the receiver's socket closes."""
         conn = current.conn
         while True:
@@ -418,8 +433,9 @@ class NotificationListener:
             tag = frame[:1]
             try:
                 if tag == receiver.BATCH:
-                    requeue = self._on_batch(receiver.decode(frame[1:]))
-                    current.send(receiver.ANSWER + marshal.dumps(requeue))
+                    requeue = self._on_batch(current, receiver.decode(frame[1:]))
+                    if requeue is not None:
+                        current.send(receiver.ANSWER + marshal.dumps(requeue))
                 elif tag == receiver.LOG_RECORD:
                     _relog(frame[1:])
                 # STOPPED: nothing follows but its last log records; it exits after answers.
@@ -436,49 +452,55 @@ class NotificationListener:
         return self._held
 
     def hold(self) -> None:
-        """Buffer notifications from now on instead of applying them (may precede start())."""
+        """Hold notifications back from now on instead of applying them (may precede start()):
+        unanswered and unacknowledged, at most ``max_inflight`` batches of them."""
         with self._lock:
             if not self._held:
                 self._held = True
-                LOG.info("Notifications held: buffering until the model is loaded")
+                LOG.info("Notifications held: waiting until the model is loaded")
 
     def release(self) -> int:
-        """Apply the buffer in order, then apply notifications as they arrive again."""
+        """Apply what was held, in order, answering each batch; then apply notifications as
+        they arrive again. Returns how many messages were held."""
         with self._lock:
-            buffered, self._buffer = self._buffer, []
-            deliver = self.dispatcher.deliver
-            stats = self.stats
-            for line in buffered:
-                try:
-                    deliver(line)
-                except Exception:
-                    # Already acknowledged: it cannot be requeued. Counted; audits repair.
-                    event_type, message_id = _describe(line)
-                    LOG.exception(
-                        "Applying held %s (message %s) failed; dropping it", event_type, message_id
-                    )
-                    self._drop(event_type, "failed while releasing held notifications")
-                else:
-                    stats.applied += 1
-            stats.released += len(buffered)
-            stats.buffered = 0
+            held, self._held_batches = self._held_batches, []
+            current = self._receiver
+            count = 0
+            for sender, lines in held:
+                count += len(lines)
+                if sender is not current:
+                    continue  # its receiver is gone: RabbitMQ delivers these again
+                failed, _ = self._apply(lines)
+                self.stats.requeued += len(failed)
+                self.stats.released += len(lines)
+                sender.send(receiver.ANSWER + marshal.dumps(failed))
+            self.stats.buffered = 0
             self._held = False
-        LOG.info("Notifications released: %d buffered notifications applied", len(buffered))
-        return len(buffered)
+        LOG.info("Notifications released: %d held notifications applied", count)
+        return count
+
+    def _forget_held(self, gone: ReceiverProcess) -> None:
+        """Drop the held batches of a receiver that is gone (RabbitMQ redelivers them)."""
+        with self._lock:
+            kept = [(sender, lines) for sender, lines in self._held_batches if sender is not gone]
+            if len(kept) != len(self._held_batches):
+                self._held_batches = kept
+                self.stats.buffered = sum(len(lines) for _, lines in kept)
 
     # -- applying a batch (on the applying thread) -------------------------------------------
 
-    def _on_batch(self, lines: list[Any]) -> list[int]:
-        """Apply (or buffer) one forwarded batch; returns the indexes the receiver requeues."""
+    def _on_batch(self, sender: ReceiverProcess, lines: list[Any]) -> list[int] | None:
+        """Apply (or hold) one forwarded batch; returns the indexes the receiver requeues, or
+        None when the batch is held (answered by release())."""
         stats = self.stats
         with self._lock:
             stats.batches += 1
             stats.received += len(lines)
             stats.last_batch_at = time.time()
             if self._held:
-                self._buffer.extend(lines)
-                stats.buffered = len(self._buffer)
-                return []
+                self._held_batches.append((sender, lines))
+                stats.buffered += len(lines)
+                return None
             failed, attempt = self._apply(lines)
         if not failed:
             return []
@@ -503,6 +525,11 @@ class NotificationListener:
         failed: list[int] = []
         worst = 0
         for index, line in enumerate(lines):
+            if type(line) is str:  # the receiver could not read this message: the reason
+                stats.unreadable += 1
+                self.dispatcher.service.stats.rejection(UNREADABLE, line)
+                LOG.warning("Rejected a message from RabbitMQ: %s", line)
+                continue
             try:
                 deliver(line)
             except Exception:
@@ -572,6 +599,7 @@ def listener_from_conf(conf: cfg.ConfigOpts, service: SyncService) -> Notificati
         batch_size=opts.batch_size,
         batch_timeout=opts.batch_timeout,
         max_redeliveries=opts.max_redeliveries,
+        max_message_bytes=notifications.max_message_bytes,
         conf=conf,
     )
 

@@ -1,28 +1,28 @@
 """The receiving process: oslo.messaging consumes RabbitMQ here, the model is applied elsewhere.
 
-Why a process of its own: draining RabbitMQ through oslo.messaging costs its poll thread a
-few hundred microseconds of Python per message (AMQP framing, two JSON decodes, the retry
-wrappers around every read), and in one CPython process that thread and the thread applying
-notifications to the model take turns holding the GIL, so every microsecond spent applying is
-one the poll thread cannot spend receiving. In a process of its own the poll loop runs at the
-speed of oslo.messaging's own no-op listener, on its own core, while the service process
-applies; the receiving side also no longer shares a heap with the model, so the collector's
-passes over a large model never pause the AMQP connection.
+Why a process of its own: oslo.messaging's poll loop costs a few hundred microseconds of Python
+per message, and in the service process it would take turns on the GIL with the thread that
+applies notifications and with the readers of a large model; here it runs on its own core and
+its connection never waits for the model's collector passes (see doc/source/architecture.rst).
 
 What crosses the socket pair (:class:`multiprocessing.connection.Connection` framing:
-length-prefixed frames, a tag byte first; :mod:`marshal` for the bodies, the cheapest encoding
-for JSON-shaped data, safe here because both ends are the same interpreter):
+length-prefixed frames, a tag byte first; :mod:`marshal` for the bodies, safe here because both
+ends are the same interpreter):
 
 - receiver -> service: ``R`` ready (the pool queue is declared and consumed), ``E`` start-up
-  failed (a message), ``B`` a batch of trace lines (FORMATS.md §2, in arrival order), ``L`` a
-  log record, ``S`` stopped (no batch follows).
+  failed (a message), ``B`` a batch of lines in arrival order (a trace line, FORMATS.md §2, per
+  message; a ``str`` instead for a message that is not a notification: the reason it was
+  refused), ``L`` a log record, ``S`` stopped (no batch follows).
 - service -> receiver: ``A`` the outcome of the oldest unanswered batch (the indexes to
   requeue; every other message of it is acknowledged), ``Q`` stop.
 
-A message is acknowledged only once the service has applied it (or buffered it, or given up on
-it): if either process dies, what was not acknowledged is delivered again by RabbitMQ. At most
-``max_inflight`` batches are unanswered; beyond that the poll loop waits, so a slow service
-holds messages back in RabbitMQ, not in this process's memory.
+Contracts: a message is acknowledged only once the service has answered its batch (applied,
+refused or given up on it), so if either process dies, RabbitMQ delivers again what was not
+acknowledged. At most ``max_inflight`` batches are unanswered, and the broker hands this
+process at most ``prefetch`` unacknowledged messages: a slow (or holding) service keeps a
+backlog in RabbitMQ, not in memory. A body over ``max_message_bytes``, or one that does not
+decode to a notification, is refused without a traceback, and acknowledged once the service
+has counted it.
 
 This module imports only oslo.messaging and the standard library: it is what the receiving
 process (``python -m cdm_sync.messaging.receiver``) loads.
@@ -47,6 +47,8 @@ from typing import Any
 import oslo_messaging
 import oslo_messaging.opts
 from oslo_config import cfg
+from oslo_messaging._drivers import common as rpc_common
+from oslo_messaging._drivers import impl_rabbit
 from oslo_messaging.dispatcher import DispatcherBase
 from oslo_messaging.notify.dispatcher import PRIORITIES
 from oslo_messaging.notify.listener import BatchNotificationServer
@@ -69,6 +71,8 @@ MIRRORED_LOGGERS = ("", "cdm_sync", "oslo_messaging", "oslo.messaging", "kombu",
 _ACK_FLUSH_S = 0.05
 # How long the last frames (STOPPED, a start-up error, log records) may take to be written.
 _SENDER_JOIN_S = 10.0
+# The key under which a refused message carries its reason through oslo.messaging.
+_REFUSED = "cdm_sync.refused"
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ class ReceiverSpec:
 
     ``options``: the oslo.messaging options of the service's configuration that differ from
     their defaults, as (group, name, value); ``None`` is the DEFAULT group. They may hold
-    secrets (the transport URL's password): they are never logged.
+    secrets (the transport URL's password): they are never logged. ``prefetch``: the
+    ``rabbit_qos_prefetch_count`` to use unless ``options`` sets one.
     """
 
     url: str | None
@@ -88,6 +93,8 @@ class ReceiverSpec:
     batch_size: int
     batch_timeout: float
     max_inflight: int
+    prefetch: int
+    max_message_bytes: int
     log_levels: dict[str, int] = field(default_factory=dict)
 
 
@@ -116,7 +123,7 @@ def _register_messaging_opts(conf: cfg.ConfigOpts) -> list[tuple[str | None, lis
 
 def encode(lines: list[Any]) -> bytes:
     """A batch as a frame body. A line marshal cannot encode (never one decoded from JSON)
-    becomes its repr, which the service rejects and counts as malformed."""
+    becomes the reason it was refused, which the service counts as a rejection."""
     try:
         return marshal.dumps(lines)
     except ValueError:
@@ -124,8 +131,8 @@ def encode(lines: list[Any]) -> bytes:
         for line in lines:
             try:
                 marshal.dumps(line)
-            except ValueError:
-                line = repr(line)[:500]
+            except ValueError as exc:
+                line = f"could not be forwarded to the service ({exc})"
             safe.append(line)
         return marshal.dumps(safe)
 
@@ -135,13 +142,19 @@ def decode(body: bytes) -> Any:
 
 
 def _line(incoming: Any) -> Any:
-    """One received message as a trace line (FORMATS.md §2), as oslo's dispatcher builds it.
+    """One received message as a trace line (FORMATS.md §2), as oslo's dispatcher builds it,
+    or the reason (a ``str``) it is not a notification.
 
     ``ctxt`` is passed through untouched (it may carry a token: it is never logged).
     """
     message = incoming.message  # the rabbit driver's RabbitMessage, a dict subclass
     if not isinstance(message, dict):
-        return repr(message)[:500]  # the service rejects and counts it
+        return f"the message decoded to {type(message).__name__}, not an object"
+    refused = message.get(_REFUSED)
+    if refused is not None:
+        return str(refused)
+    if not isinstance(message.get("event_type"), str):
+        return "no oslo.messaging notification envelope (event_type missing)"
     return {
         "priority": message.get("priority"),
         "publisher_id": message.get("publisher_id"),
@@ -153,6 +166,60 @@ def _line(incoming: Any) -> Any:
         },
         "ctxt": incoming.ctxt,
     }
+
+
+# The rabbit driver's message class (``dict`` if a later oslo.messaging drops it: then the
+# receiver refuses to start, rather than let unchecked bodies through).
+_RabbitMessage: Any = getattr(impl_rabbit, "RabbitMessage", dict)
+
+
+class _CheckedMessage(_RabbitMessage):  # type: ignore[misc]
+    """The rabbit driver's message, decoded only if its body is within the size limit and
+    refused, with the reason and without a traceback, if it does not decode to a JSON object.
+
+    The driver logs a traceback for a body it cannot decode and drops it uncounted; a refused
+    message instead reaches the service as a reason (see :func:`_line`), which counts and logs
+    it, and is acknowledged like any other."""
+
+    max_bytes = 1 << 20
+
+    def __init__(self, raw_message: Any) -> None:
+        try:
+            size = len(raw_message.body)
+            if size > self.max_bytes:
+                raise _Refused(f"the body has {size} bytes, over the {self.max_bytes}-byte limit")
+            decoded = rpc_common.deserialize_msg(raw_message.payload)
+            if not isinstance(decoded, dict):
+                raise _Refused(f"the body decodes to {type(decoded).__name__}, not a JSON object")
+            if not all(type(key) is str for key in decoded):
+                raise _Refused("the body has keys that are not strings")
+        except _Refused as exc:
+            decoded = {_REFUSED: str(exc)}
+        except Exception as exc:  # the decoders' errors, whatever their type
+            decoded = {_REFUSED: _unreadable(exc)}
+        dict.__init__(self, decoded)
+        self._raw_message = raw_message
+
+
+class _Refused(Exception):
+    """A body that decodes, but not to a notification."""
+
+
+def _unreadable(exc: BaseException) -> str:
+    """Why a body could not be decoded, in one short line (a hostile body must not make
+    megabyte log lines, and a decoder's error may wrap the RecursionError)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, RecursionError):
+            return "the body is nested too deeply to decode"
+        cause = cause.__cause__ or cause.__context__
+    return f"the body cannot be read: {type(exc).__name__}: {_short(exc)}"
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    """The start of an exception's message: a hostile body must not make megabyte log lines."""
+    text = str(exc)
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 class _NotDispatched(DispatcherBase):
@@ -213,7 +280,7 @@ class _ForwardingLogHandler(logging.Handler):
             self.handleError(record)
 
 
-class _Receiver:
+class ReceiverLoop:
     """The receiving process's state: the server, the unanswered batches, the two threads."""
 
     def __init__(self, spec: ReceiverSpec, conn: Connection) -> None:
@@ -297,10 +364,23 @@ class _Receiver:
                     "this oslo.messaging's batch server has no _on_incoming hook: cdm-sync "
                     "cannot forward its batches (see cdm_sync/messaging/receiver.py)"
                 )
+            if _RabbitMessage is dict:
+                raise RuntimeError(
+                    "this oslo.messaging's rabbit driver has no RabbitMessage: cdm-sync cannot "
+                    "check message bodies (see cdm_sync/messaging/receiver.py)"
+                )
+            # Every message the driver builds is checked (this process consumes nothing else).
+            _CheckedMessage.max_bytes = spec.max_message_bytes
+            impl_rabbit.RabbitMessage = _CheckedMessage  # type: ignore[misc]
             conf = cfg.ConfigOpts()
             _register_messaging_opts(conf)
             for group, name, value in spec.options:
                 conf.set_override(name, value, group=group)
+            if not any(name == "rabbit_qos_prefetch_count" for _, name, _ in spec.options):
+                # oslo's default (0) is no limit: a backlog would be pulled into this process.
+                conf.set_override(
+                    "rabbit_qos_prefetch_count", spec.prefetch, group="oslo_messaging_rabbit"
+                )
             transport = oslo_messaging.get_notification_transport(conf, url=spec.url)
             targets = [oslo_messaging.Target(topic=t, exchange=spec.exchange) for t in spec.topics]
             server = _ForwardingServer(
@@ -318,7 +398,8 @@ class _Receiver:
             answers.start()
             server.start(override_pool_size=1)
         except Exception as exc:
-            LOG.exception("The notification receiver could not start")
+            # The reason goes to the service, which reports it; the traceback only with debug.
+            LOG.debug("The notification receiver could not start", exc_info=True)
             self.out.put(START_FAILED + f"{type(exc).__name__}: {exc}".encode())
             return 1
         self.out.put(READY)
@@ -366,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(spec, ReceiverSpec):
         print("cdm_sync.messaging.receiver: the first frame is not a ReceiverSpec", file=sys.stderr)
         return 2
-    return _Receiver(spec, conn).run()
+    return ReceiverLoop(spec, conn).run()
 
 
 __all__ = ["ReceiverSpec", "decode", "encode", "main", "messaging_options"]

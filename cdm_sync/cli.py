@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging as std_logging
 import os
 import signal
 import sys
@@ -28,11 +29,15 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from cdm_sync import conf
+from cdm_sync.conf.secrets import protect_secrets
 from cdm_sync.jsonfile import write_json_atomic
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.model.changes import format_timestamp
+from cdm_sync.nova.auth import AuthConfigError
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import SnapshotError, read_snapshot
 from cdm_sync.nova.trace import TraceError
+from cdm_sync.redaction import REDACTOR, redact_handlers
 from cdm_sync.replay import bootstrap, replay
 from cdm_sync.sync.service import SyncService
 
@@ -80,6 +85,7 @@ def _run_replay(
         model=_model_from_conf(),
         nova_format=conf.CONF.notifications.format,
         supersede_window=conf.CONF.notifications.supersede_window,
+        max_message_bytes=conf.CONF.notifications.max_message_bytes,
         on_changes=writer,
     )
 
@@ -103,8 +109,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
-    service = SyncService(_model_from_conf())
-    bootstrap(service, read_snapshot(args.snapshot))
+    service = SyncService(_model_from_conf(), event_types=NOVA_EVENT_TYPES)
+    bootstrap(service, read_snapshot(args.snapshot, conf.CONF.notifications.max_message_bytes))
     document = service.model.to_dict()
     if args.out:
         write_json_atomic(args.out, document)
@@ -194,7 +200,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from cdm_sync.daemon import Daemon  # imports the adapters only when serving
+    # The adapters are imported only when serving.
+    from cdm_sync.daemon import Daemon, StartupError
 
     daemon = Daemon(conf.CONF, args.dump_file)
 
@@ -204,7 +211,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return daemon.run()
+    try:
+        return daemon.run()
+    except StartupError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -251,10 +261,11 @@ def _http_json(url: str, method: str = "GET") -> tuple[int, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     _, status = _http_json(_health_url(args) + "/status")
+    ready = 0 if status.get("state") == "READY" else 1  # the same rule for both outputs
     if args.json:
         json.dump(status, sys.stdout, indent=1)
         sys.stdout.write("\n")
-        return 0
+        return ready
     notes = status["notifications"]
     lag = notes.get("lag_seconds")
     out = sys.stdout
@@ -280,7 +291,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             out.write(f"{label:<13}not run yet\n")
     if status.get("drift"):
         out.write(f"drift total  {status['drift']}\n")
-    return 0 if status["state"] == "READY" else 1
+    return ready
 
 
 def cmd_resync(args: argparse.Namespace) -> int:
@@ -353,19 +364,39 @@ def _print_table(out: TextIO, title: str, header: list[str], rows: list[list[Any
     out.write("\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cdm-sync", description="A live graph of an OpenStack cloud's compute."
-    )
-    parser.add_argument(
+def _global_options(after: bool) -> argparse.ArgumentParser:
+    """``--config-file`` and ``--debug``, accepted before the subcommand and after it (FORMATS
+    §5): the copy after it keeps its own destination, and :func:`main` merges the two."""
+    suffix = "_after" if after else ""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
         "--config-file",
         action="append",
         default=[],
         metavar="FILE",
+        dest="config_file" + suffix,
         help="oslo.config file (repeatable; default search: /etc/cdm-sync/cdm-sync.conf)",
     )
-    parser.add_argument("--debug", action="store_true", help="log at debug level")
+    options.add_argument(
+        "--debug", action="store_true", dest="debug" + suffix, help="log at debug level"
+    )
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdm-sync",
+        description="A live graph of an OpenStack cloud's compute.",
+        parents=[_global_options(after=False)],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    after = _global_options(after=True)
+    add_parser = sub.add_parser
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[after], **kwargs)
+
+    sub.add_parser = add_command  # type: ignore[method-assign]
 
     demo = sub.add_parser("demo", help="replay the bundled real Nova example and show the model")
     demo.add_argument(
@@ -412,18 +443,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        conf.load(args.config_file)
-        if args.debug:
+        conf.load([*args.config_file, *args.config_file_after])
+        protect_secrets(conf.CONF)
+        if args.debug or args.debug_after:
             conf.CONF.set_override("debug", True)
         logging.setup(conf.CONF, "cdm-sync")
+        redact_handlers(std_logging.getLogger().handlers)
         status = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe must surface here, not at interpreter exit
         return status
-    except (SnapshotError, TraceError, UsageError) as exc:
-        print(f"cdm-sync: error: {exc}", file=sys.stderr)
+    except (SnapshotError, TraceError, UsageError, AuthConfigError) as exc:
+        print(f"cdm-sync: error: {REDACTOR(str(exc))}", file=sys.stderr)
         return 2
     except cfg.Error as exc:
-        print(f"cdm-sync: configuration error: {exc}", file=sys.stderr)
+        print(f"cdm-sync: configuration error: {REDACTOR(str(exc))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # The reader went away (``cdm-sync dump | head``): not an error of ours. What is still
@@ -432,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except OSError as exc:
-        print(f"cdm-sync: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        reason = REDACTOR(f"{exc.filename or ''}: {exc.strerror or exc}")
+        print(f"cdm-sync: error: {reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

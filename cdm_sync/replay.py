@@ -14,8 +14,9 @@ from pathlib import Path
 
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
+from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import Snapshot, listing_of, read_snapshot
-from cdm_sync.nova.trace import read_trace
+from cdm_sync.nova.trace import DEFAULT_MAX_LINE_BYTES, read_trace
 from cdm_sync.sync import bootstrap as bootstrap_listing
 from cdm_sync.sync.audit import AuditReport, full_audit
 from cdm_sync.sync.service import SyncService
@@ -52,21 +53,25 @@ def replay(
     nova_format: str = "auto",
     supersede_window: float = 300.0,
     on_changes: Callable[[list[ChangeRecord]], None] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> ReplayResult:
     """Bootstrap from ``snapshot``, deliver every line of ``trace``, then audit if asked.
 
     Raises SnapshotError/TraceError for files that cannot be used at all; bad lines or items
-    are rejected, counted and logged, and the replay goes on.
+    are rejected, counted and logged once each, and the replay goes on. ``max_message_bytes``
+    (``[notifications] max_message_bytes``) bounds each trace line and each server item of
+    the snapshots.
     """
-    first = read_snapshot(snapshot)
-    final = read_snapshot(audit_snapshot) if audit_snapshot is not None else None
-    service = SyncService(model if model is not None else ComputeModel())
+    first = read_snapshot(snapshot, max_message_bytes)
+    final = read_snapshot(audit_snapshot, max_message_bytes) if audit_snapshot is not None else None
+    model = model if model is not None else ComputeModel()
+    service = SyncService(model, event_types=NOVA_EVENT_TYPES)
     if on_changes is not None:
         service.add_publisher(on_changes)
     rejected = bootstrap(service, first)
     dispatcher = Dispatcher(make_endpoints(service, nova_format, supersede_window), service)
     lines = 0
-    for number, line, error in read_trace(trace):
+    for number, line, error in read_trace(trace, max_message_bytes):
         lines += 1
         if error is not None:
             service.stats.rejection("(unparsable)", error)

@@ -1,19 +1,10 @@
 """Process-level tuning of CPython's cyclic garbage collector around a long-lived model.
 
-A bulk load allocates millions of objects that all stay alive, which makes the collector rescan
-a growing heap again and again for nothing (none of these objects form cycles): with it paused,
-bootstrapping 200,000 servers is several times faster.
-
-Once loaded, the model stays in the collector's view unless it is frozen, and every element a
-notification replaces is a new object in that view. A full collection scans all of it while
-holding the GIL: about 0.35 s per 200,000 instances on a 2-core VM, a pause for the listener and
-every reader. Measured in ``bench/``'s RabbitMQ drain with the heap in the collector's view (two
-200,000-instance models, as that bench holds): 20,000 notifications took one full collection of
-0.7 s and 1.4 s of collector CPU in all. :func:`settle_heap`, run after the bootstrap and after
-each full audit, freezes the heap again; the same drain then took 11 full collections, the
-longest 55 ms, and 1.0 s of collector CPU. The listener makes full collections frequent (each
-batch of decoded notifications lives long enough to reach the oldest generation), but they are
-short once the model is frozen.
+The model is hundreds of thousands of long-lived objects that never form cycles; left in the
+collector's view, every full collection rescans them all while holding the GIL (a pause for the
+listener and every reader). :func:`gc_paused` keeps the collector out of bulk loads, and
+:func:`settle_heap`, run after the bootstrap and each full audit, takes the survivors out of its
+view. What each saves is measured in ``bench/`` (doc/source/benchmarks.rst).
 """
 
 from __future__ import annotations
@@ -56,8 +47,7 @@ def settle_heap(*, deep: bool = False) -> float:
     The plain pass only scans what is not frozen yet, so it costs what changed since the last
     one. A cycle that became garbage after being frozen (an old broker connection after a
     reconnect) is out of its reach: ``deep`` unfreezes everything first so the collection finds
-    those too, at the price of scanning the whole heap (0.35 s for a 200,000-instance model on a
-    2-core VM).
+    those too, at the price of scanning the whole heap.
     """
     started = time.monotonic()
     if deep:
@@ -65,7 +55,7 @@ def settle_heap(*, deep: bool = False) -> float:
     collected = gc.collect()
     gc.freeze()
     took = time.monotonic() - started
-    # Not gc.get_freeze_count(): it walks every frozen object (0.3 s for 200,000 instances).
+    # Not gc.get_freeze_count(): it walks every frozen object, a cost per audit.
     LOG.debug(
         "Heap settled%s in %.2fs: %d unreachable objects collected",
         " (deep)" if deep else "",

@@ -73,6 +73,48 @@ def test_replay_counts_bad_lines_and_still_succeeds(tmp_path: Path) -> None:
     assert len(json.loads(dump.read_text())["instances"]) == 3
 
 
+def test_replay_survives_poisoned_lines(tmp_path: Path) -> None:
+    """A line nested 100,000 deep, a 50 MB line, a line that is not UTF-8 and one that is not
+    an object, among the recorded ones: each rejected, counted and logged with its line number,
+    no traceback, exit 0, and the model is what the good lines alone make."""
+    lines = (TRACE_DIR / "trace-versioned.jsonl").read_bytes().splitlines()
+    not_utf8 = lines[7].replace(b'"display_name":"', b'"display_name":"caf\xe9 ')
+    assert not_utf8 != lines[7]
+    poisoned = [
+        *lines[:3],
+        b"[" * 100_000 + b"]" * 100_000,  # line 4
+        b'{"event_type": "instance.update", "payload": "' + b"x" * (50 << 20) + b'"}',  # 5
+        *lines[3:9],
+        not_utf8,  # line 12
+        b"[" + lines[9] + b"]",  # line 13
+        *lines[9:],
+    ]
+    runs = {}
+    for name, trace_lines in (("poisoned", poisoned), ("clean", lines)):
+        trace, dump = tmp_path / f"{name}.jsonl", tmp_path / f"{name}-model.json"
+        trace.write_bytes(b"\n".join(trace_lines) + b"\n")
+        proc = run_cli(
+            "replay", "--snapshot", str(TRACE_DIR / "snapshot.json"), "--trace", str(trace),
+            "--dump", str(dump),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        [summary] = [line for line in proc.stderr.splitlines() if line.startswith("replay:")]
+        runs[name] = (summary, proc.stderr, json.loads(dump.read_text()))
+    summary, stderr, model = runs["poisoned"]
+    assert summary.startswith(f"replay: {len(poisoned)} notifications: ")
+    assert "rejected 4," in summary
+    for reason in (
+        "line 4 is nested too deeply to decode",
+        f"line 5 has {len(poisoned[4])} bytes, over the 1048576-byte limit",
+        "line 12 is not UTF-8",
+        "line 13 is not a JSON object",
+    ):
+        assert stderr.count(reason) == 1, reason
+    assert "rejected 0," in runs["clean"][0]
+    assert model == runs["clean"][2]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -571,6 +571,69 @@ def test_cheap_audit_failure_degrades_until_a_good_run(harness: Harness) -> None
     assert counters["cheap_audit_failures"] == 2 and counters["full_audit_failures"] == 1
 
 
+def test_a_hung_nova_turns_the_model_degraded_until_it_answers(harness: Harness) -> None:
+    """A compute API that accepts connections and never answers: each scheduled cheap audit
+    is skipped while the first one hangs. After twice the cheap interval without an answer
+    the model is DEGRADED (problem ``overdue``, saying so); it is READY again once Nova
+    answers."""
+    hang = threading.Event()
+
+    def hanging() -> Listing:
+        hang.wait(30)
+        return listing_of(snapshot_of(make_cloud(0, captured_at=CAPTURED_2)))
+
+    collector = ScriptedCollector([answer(make_cloud())], [hanging])
+    engine = engine_for(harness, collector, clock=time.time)
+    engine.bootstrap()
+    assert engine.state is EngineState.READY
+    engine.start_schedule(cheap_interval=0.3, full_interval=3600)
+    try:
+        wait_for(lambda: engine.state is EngineState.DEGRADED, 10, "the overdue state")
+        status = engine.status()
+        assert "overdue" in status["problems"]
+        assert "has not answered a listing" in status["reason"]
+        assert "a sync run is in progress" in status["reason"]
+        hang.set()
+        wait_for(lambda: engine.state is EngineState.READY, 10, "READY once Nova answers")
+        assert "overdue" not in engine.status()["problems"]
+        assert engine.status()["counters"]["skipped_busy"] >= 1
+    finally:
+        hang.set()
+        engine.stop()
+
+
+def test_no_full_audit_for_two_intervals_is_overdue(harness: Harness, clock: FakeClock) -> None:
+    collector = ScriptedCollector([answer(make_cloud())], [answer(make_cloud(0))])
+    engine = engine_for(harness, collector, cheap_interval=60.0, full_interval=3600.0)
+    engine.bootstrap()
+    for _ in range(130):  # cheap audits keep answering, every minute of two hours and more
+        clock.advance(60)
+        engine.cheap_audit()
+        engine.check_overdue()
+    assert engine.state is EngineState.DEGRADED
+    assert "no full audit has completed since" in engine.status()["reason"]
+    engine.full_audit()
+    assert engine.check_overdue() is None and engine.state is EngineState.READY
+
+
+def test_problems_reported_from_outside_degrade_until_cleared(harness: Harness) -> None:
+    """The daemon reports what the engine cannot see (its listener down); each problem stays
+    in the reason until it is cleared, whatever the audits do meanwhile."""
+    collector = ScriptedCollector([answer(make_cloud())], [failing("HTTP 503")])
+    engine = engine_for(harness, collector)
+    engine.report_problem("listener", "notifications: the listener stopped")
+    assert engine.state is EngineState.NOT_SYNCED  # not synced yet: that says more
+    engine.bootstrap()
+    assert engine.state is EngineState.DEGRADED
+    assert engine.status()["reason"] == "notifications: the listener stopped"
+    engine.cheap_audit()
+    assert set(engine.status()["problems"]) == {"listener", "cheap"}
+    engine.full_audit()  # a good full audit vouches for the cheap one, not for the listener
+    assert engine.status()["problems"] == {"listener": "notifications: the listener stopped"}
+    engine.clear_problem("listener")
+    assert engine.state is EngineState.READY and engine.status()["reason"] is None
+
+
 # -- schedule and configuration ----------------------------------------------------------------
 
 

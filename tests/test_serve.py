@@ -67,8 +67,14 @@ class Serve:
         )  # fmt: skip
 
     def status(self) -> dict[str, Any] | None:
+        """The status document; None while the endpoint does not answer (exit 2). Exit 0 is
+        READY, 1 any other state, with the document printed either way."""
         proc = cli("status", "--url", self.url, "--json")
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
+        if proc.returncode == 2:
+            return None
+        document = json.loads(proc.stdout)
+        assert proc.returncode == (0 if document["state"] == "READY" else 1)
+        return document
 
     def model(self) -> dict[str, Any]:
         return read_dump(self.dump) or {"instances": [], "compute_nodes": []}
@@ -245,3 +251,82 @@ def test_serve_stays_not_synced_while_nova_refuses_and_stops_on_sigterm(
         assert "wrong-password" not in running.log.read_text()
     finally:
         running.stop()
+
+
+def test_a_receiver_that_cannot_start_is_one_line_and_exit_2_whatever_the_option_order(
+    tmp_path: Path, fake_nova: FakeNova
+) -> None:
+    """FORMATS §5 writes ``cdm-sync serve --config-file F``: global options work after the
+    subcommand as before it. A transport the receiver cannot use ends serve at once with one
+    line on stderr, no traceback, no password."""
+    config = tmp_path / "cdm-sync.conf"
+    config.write_text(
+        "[oslo_messaging_notifications]\n"
+        "transport_url = nosuchdriver://cdm:Receiver-Secret-77@127.0.0.1:5672/\n"
+        f"[nova_client]\nauth_type = password\nauth_url = {fake_nova.auth_url}\n"
+        "username = admin\npassword = secret\nproject_name = admin\n"
+        "user_domain_name = Default\nproject_domain_name = Default\n"
+        f"[health]\nport = {free_port()}\n"
+    )
+    for args in (("serve", "--config-file", str(config)), ("--config-file", str(config), "serve")):
+        proc = cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("cdm-sync: ")]
+        assert errors == [
+            "cdm-sync: error: the notification receiver could not start: DriverLoadFailure: "
+            "Failed to load transport driver \"nosuchdriver\": No 'oslo.messaging.drivers' "
+            "driver found, looking for 'nosuchdriver'"
+        ]
+        assert "Traceback" not in proc.stderr
+        assert "Receiver-Secret-77" not in proc.stderr
+
+
+def test_no_secret_reaches_the_log_or_the_status_when_connections_fail(
+    tmp_path: Path, bus: Bus
+) -> None:
+    """The secrets of the configuration appear in what fails: the RabbitMQ transport URL's
+    password, and a Keystone auth_url with credentials in it, which keystoneauth puts in the
+    text of its connection error (cdm-sync logs it and shows it as the reason in status).
+    Neither the log nor ``status`` nor ``status --json`` shows any of them."""
+    user, password = f"cdm-test-{uuid.uuid4().hex[:8]}", f"Rabbit-{uuid.uuid4().hex}"
+    keystone_secret, plain_secret = f"Url-{uuid.uuid4().hex}", f"Pw-{uuid.uuid4().hex}"
+    subprocess.run(["rabbitmqctl", "add_user", user, password], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", "/", user, ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        port = free_port()
+        config = tmp_path / "cdm-sync.conf"
+        config.write_text(
+            f"[oslo_messaging_notifications]\n"
+            f"transport_url = rabbit://{user}:{password}@127.0.0.1:5672/\n"
+            f"[notifications_listener]\nexchange = {bus.exchange}\ntopics = {bus.topic}\n"
+            f"pool = {bus.pool('secrets')}\n"
+            f"[nova_client]\nauth_type = password\n"
+            f"auth_url = http://admin:{keystone_secret}@127.0.0.1:{free_port()}/identity\n"
+            f"username = admin\npassword = {plain_secret}\nproject_name = admin\n"
+            "user_domain_name = Default\nproject_domain_name = Default\n"
+            f"[health]\nport = {port}\n"
+        )
+        running = Serve(config, tmp_path / "model.json", port, tmp_path / "serve.log")
+        try:
+            wait_for(
+                lambda: "Bootstrap failed" in running.log.read_text(), 60, "the failed bootstrap"
+            )
+            status = running.status()
+            assert status is not None and status["state"] == "NOT_SYNCED"
+            assert "***" in status["reason"]  # the URL was there, its password is not
+            shown = cli("status", "--url", running.url).stdout
+            shown_json = cli("status", "--url", running.url, "--json").stdout
+        finally:
+            running.stop()
+        log = running.log.read_text()
+        # keystoneauth's error quotes the auth_url: there, with its password masked.
+        assert "Unable to establish connection to http://admin:***@127.0.0.1" in log
+        for secret in (password, keystone_secret, plain_secret):
+            for text in (log, json.dumps(status), shown, shown_json):
+                assert secret not in text
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_user", user], capture_output=True)

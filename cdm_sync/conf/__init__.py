@@ -75,6 +75,29 @@ health_opts = [
         "admin action POST /resync: keep it on loopback or a management network).",
     ),
     cfg.PortOpt("port", default=9658, help="Port of the health endpoint (0: any free port)."),
+    cfg.IntOpt(
+        "workers",
+        default=4,
+        min=1,
+        help="Threads that answer requests. A connection waits for its request without holding "
+        "a thread; a client that sends part of a request and stalls holds one for at most "
+        "'timeout' seconds.",
+    ),
+    cfg.FloatOpt(
+        "timeout",
+        default=10.0,
+        min=0.1,
+        help="Seconds a connection may stay idle, and a request may take in all (reading it "
+        "and writing the answer), before the connection is closed.",
+    ),
+    cfg.IntOpt(
+        "max_connections",
+        default=100,
+        min=1,
+        help="Most connections kept open. A new connection beyond it closes the one idle "
+        "longest; when none is idle, the new connection is refused. Keep it well below the "
+        "process's open-file limit.",
+    ),
 ]
 
 _GROUPS: dict[str, list[cfg.Opt]] = {

@@ -15,6 +15,9 @@ from keystoneauth1 import loading
 from oslo_config import cfg
 
 GROUP = "nova_client"
+# Per request (seconds), and retries of a request that timed out or could not connect.
+TIMEOUT = 30
+CONNECT_RETRIES = 2
 
 _own_opts = [
     cfg.StrOpt(
@@ -25,9 +28,10 @@ _own_opts = [
     ),
     cfg.StrOpt(
         "clouds_file",
-        help="clouds.yaml to read (default: $OS_CLIENT_CONFIG_FILE, ./clouds.yaml, "
+        help="clouds.yaml to read (default: the first of ./clouds.yaml, "
         "~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml). A secure.yaml next to "
-        "it is merged in.",
+        "it is merged in. Like every option, it can also be set in the environment "
+        "(OS_NOVA_CLIENT__CLOUDS_FILE).",
     ),
     cfg.StrOpt(
         "microversion",
@@ -66,10 +70,12 @@ def _adapter_opts() -> list[cfg.Opt]:
         if opt.dest in _ADAPTER_OPTS
     ]
     # keystoneauth's defaults are "no retries"; a listing of a large cloud runs for minutes and
-    # should ride out a restarting API worker.
+    # should ride out a restarting API worker. A request that times out is retried too: with
+    # the default timeout, a hung API fails a request within (1 + connect_retries) * timeout
+    # = 90 s, inside the 120 s after which the default cheap audits count as overdue.
     cfg.set_defaults(
         opts,
-        connect_retries=3,
+        connect_retries=CONNECT_RETRIES,
         status_code_retries=3,
         retriable_status_codes=[500, 502, 503, 504],
     )
@@ -78,7 +84,7 @@ def _adapter_opts() -> list[cfg.Opt]:
 
 def _session_opts() -> list[cfg.Opt]:
     opts = loading.get_session_conf_options()
-    cfg.set_defaults(opts, timeout=60)
+    cfg.set_defaults(opts, timeout=TIMEOUT)
     return opts
 
 

@@ -35,7 +35,7 @@ MODEL_FORMAT = "cdm-sync/model/1"
 
 class _NoAttributes(dict):
     """The one attribute dict every graph node and edge shares: the graph holds structure only
-    (elements live in the indexes), and a dict per node and edge would cost ~130 bytes an
+    (elements live in the indexes), and a dict per node and edge would cost memory per
     instance. Writing an attribute is a bug, so it raises."""
 
     def __setitem__(self, key: Any, value: Any) -> None:

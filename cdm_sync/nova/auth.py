@@ -12,13 +12,14 @@ Retries use keystoneauth's own machinery (:class:`Retries` → adapter arguments
 failures and retriable status codes, exponential backoff from 0.5 s unless a fixed delay is set).
 
 Nothing here puts a secret in a log line or an exception: :func:`describe_auth` names the user
-and the auth URL only, and errors about a clouds.yaml entry name keys, never values.
+and the auth URL only, and errors about a clouds.yaml entry name keys, never values; the
+secrets of a clouds.yaml entry are handed to the process's redactor (:mod:`cdm_sync.redaction`)
+for what other libraries may say.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from keystoneauth1 import loading
 from keystoneauth1 import session as ks_session
 from keystoneauth1.exceptions import MissingRequiredOptions, NoMatchingPlugin
 from keystoneauth1.plugin import BaseAuthPlugin
+
+from cdm_sync.redaction import REDACTOR
 
 LOG = logging.getLogger(__name__)
 
@@ -61,7 +64,7 @@ class Retries:
     API worker must not fail it; a persistent failure still fails after ``status_code_retries``.
     """
 
-    connect_retries: int = 3
+    connect_retries: int = 2
     status_code_retries: int = 3
     retriable_status_codes: tuple[int, ...] = (500, 502, 503, 504)
     connect_retry_delay: float | None = None
@@ -96,15 +99,17 @@ def describe_auth(auth: BaseAuthPlugin | None) -> str:
 
 # -- clouds.yaml ------------------------------------------------------------------------------
 
+# clouds.yaml ``auth`` keys whose values are secrets (password, application_credential_secret,
+# token, passcode, ...).
+_SECRET_WORDS = ("password", "secret", "token", "passcode")
+
 
 def find_clouds_file(explicit: str | None = None) -> Path:
-    """The clouds.yaml to read: ``explicit``, else $OS_CLIENT_CONFIG_FILE, else the first of
+    """The clouds.yaml to read: ``explicit`` (``[nova_client] clouds_file``), else the first of
     ./clouds.yaml, ~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml."""
     candidates: list[Path] = []
     if explicit:
         candidates.append(Path(explicit))
-    elif os.environ.get("OS_CLIENT_CONFIG_FILE"):
-        candidates.append(Path(os.environ["OS_CLIENT_CONFIG_FILE"]))
     else:
         candidates.extend(make() / "clouds.yaml" for make in CONFIG_DIRS)
     for path in candidates:
@@ -172,6 +177,11 @@ def session_from_cloud(cloud: str, clouds_file: str | None = None) -> Connection
     auth_options = entry.get("auth") or {}
     if not isinstance(auth_options, dict):
         raise AuthConfigError(f"cloud {cloud!r}: auth must be a mapping")
+    for key, value in auth_options.items():
+        if any(word in str(key) for word in _SECRET_WORDS):
+            REDACTOR.protect(value)
+        elif isinstance(value, str):
+            REDACTOR.protect_url_passwords(value)
     known = {opt.dest for opt in loader.get_options()}
     unknown = sorted(set(auth_options) - known)
     if unknown:

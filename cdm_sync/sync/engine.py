@@ -12,11 +12,17 @@ State (:class:`EngineState`)::
                                   +--listing failed--> NOT_SYNCED   +--audit failed/untrusted--+
 
 Nothing is READY before the first complete sync. DEGRADED means the model is served from
-the last good knowledge plus notifications, but an audit could not complete or its listing
-could not be trusted for deletions (a failed page, a cell down, rejected items, a listing that
-shrank by more than ``full_shrink_limit``); the next good full audit makes it READY again
-(and a good cheap audit does too when only a cheap audit had failed: its window starts at the
-last good listing, so it covers the gap).
+the last good knowledge plus notifications, but something is wrong, and ``reason`` says what
+(each problem has a name, and the state is READY again when none is left):
+
+- ``full``: a full audit could not complete or its listing could not be trusted for deletions
+  (a failed page, a cell down, rejected items, a listing that shrank by more than
+  ``full_shrink_limit``); the next good full audit clears it;
+- ``cheap``: likewise for a cheap audit; a good cheap or full audit clears it (its window
+  starts at the last good listing, so it covers the gap);
+- ``overdue``: Nova has not answered any listing for twice the cheap interval (a hung API), or
+  no full audit has completed for twice the full interval; the watchdog clears it;
+- names the daemon reports (``listener``: the notification listener is down).
 
 What is applied from an imperfect listing:
 
@@ -52,6 +58,7 @@ from cdm_sync.model import (
     Outcome,
     ServiceObserved,
 )
+from cdm_sync.model.changes import format_timestamp
 from cdm_sync.runtime import settle_heap
 from cdm_sync.sync import bootstrap
 from cdm_sync.sync.audit import (
@@ -93,9 +100,13 @@ DEGRADED_RESULT = "degraded"
 FAILED = "failed"
 SKIPPED = "skipped"
 
-# What degraded the model: a full audit (only a good full audit clears it) or a cheap one.
+# Problems that keep a synced model from READY (see the module docstring).
 _BY_FULL = "full"
 _BY_CHEAP = "cheap"
+OVERDUE = "overdue"
+# An audit is overdue after this many of its intervals without a completed run (or, for a
+# listing, without an answer from Nova).
+OVERDUE_FACTOR = 2.0
 
 
 class EngineState(enum.Enum):
@@ -209,7 +220,12 @@ class SyncEngine:
         self._state = EngineState.NOT_SYNCED
         self._state_since = clock()
         self._reason: str | None = "no sync yet"
-        self._degraded_by: str | None = None
+        self._synced = False
+        self._problems: dict[str, str] = {}
+        # When Nova last answered (a listing's page, or a run's end), and when a full audit
+        # (or the bootstrap) last completed: the watchdog's evidence.
+        self._last_answer = clock()
+        self._last_full_end = clock()
         self._high_water: float | None = None
         self._deep_settled_at: float | None = None  # clock time of the last deep settle_heap
         self._last_full: RunReport | None = None
@@ -249,37 +265,57 @@ class SyncEngine:
                 "drift": drift_by_kind(self._drift),
                 "drift_by_element": _by_element(self._drift),
                 "counters": dict(self._counters),
+                "problems": dict(self._problems),
                 "scheduled": self._scheduler is not None,
             }
 
     def _set_state(self, state: EngineState, reason: str | None = None) -> None:
         with self._status_lock:
-            previous = self._state
+            previous, before = self._state, self._reason
             self._state = state
             self._reason = reason
             if state is not previous:
                 self._state_since = self._clock()
         if state is previous:
+            if state is EngineState.DEGRADED and reason != before:
+                LOG.warning("Model still degraded: %s", reason)
             return
         if state is EngineState.DEGRADED or (state is EngineState.NOT_SYNCED and reason):
             LOG.warning("Model state %s -> %s: %s", previous.value, state.value, reason)
         else:
             LOG.info("Model state %s -> %s", previous.value, state.value)
 
+    def report_problem(self, name: str, reason: str) -> None:
+        """Something outside the engine keeps the model from READY (the daemon: ``listener``);
+        shown as the reason while it lasts."""
+        self._degrade(name, reason)
+
+    def clear_problem(self, name: str) -> None:
+        self._recovered(name)
+
     def _degrade(self, by: str, reason: str) -> None:
-        """Mark DEGRADED (once synced); a full audit's degradation outranks a cheap one's."""
-        if self._state in (EngineState.NOT_SYNCED, EngineState.SYNCING):
-            return
-        if self._degraded_by != _BY_FULL:
-            self._degraded_by = by
-        self._set_state(EngineState.DEGRADED, reason)
+        """Note a problem (see the module docstring); DEGRADED once synced."""
+        with self._status_lock:
+            self._problems[by] = reason
+        self._refresh_state()
 
     def _recovered(self, by: str) -> None:
-        """A good run: READY, unless a cheap audit cannot vouch for what a full one found."""
-        if by == _BY_CHEAP and self._degraded_by == _BY_FULL:
+        """A problem is over; a good full audit vouches for what a cheap one found too."""
+        with self._status_lock:
+            self._problems.pop(by, None)
+            if by == _BY_FULL:
+                self._problems.pop(_BY_CHEAP, None)
+        self._refresh_state()
+
+    def _refresh_state(self) -> None:
+        if not self._synced:
             return
-        self._degraded_by = None
-        self._set_state(EngineState.READY)
+        with self._status_lock:
+            reasons = "; ".join(self._problems.values())
+        if reasons:
+            self._set_state(EngineState.DEGRADED, reasons)
+        else:
+            self._set_state(EngineState.READY)
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._status_lock:
@@ -293,8 +329,22 @@ class SyncEngine:
         self._degrade(by, f"{by} audit: {reason}")
         return self._finish(report, started)
 
+    def _answered(self, progress: Progress | None) -> Progress:
+        """``progress``, noting first that Nova answered (the watchdog's evidence)."""
+
+        def tell(what: str, count: int) -> None:
+            self._last_answer = self._clock()
+            if progress is not None:
+                progress(what, count)
+
+        return tell
+
     def _finish(self, report: RunReport, started: float) -> RunReport:
         report.duration = time.monotonic() - started
+        now = self._clock()
+        self._last_answer = now
+        if report.kind == "full":
+            self._last_full_end = now
         with self._status_lock:
             self._drift.update(report.drift)
             self._counters["corrections"] += sum(report.drift.values())
@@ -331,7 +381,7 @@ class SyncEngine:
                 held = True
             listed_at = self._clock() - self.deletion_margin
             try:
-                listing = self.collector.full_listing(progress)
+                listing = self.collector.full_listing(self._answered(progress))
             except ListingError as exc:
                 report.result, report.reason = FAILED, f"listing failed: {exc.reason}"
                 raise
@@ -357,17 +407,18 @@ class SyncEngine:
             if report.reason is None:
                 report.result, report.reason = FAILED, f"bootstrap failed: {exc!r}"
             self._count("bootstrap_failures")
+            self._synced = False
             self._set_state(EngineState.NOT_SYNCED, report.reason)
             self._finish(report, started)
             raise
         self._high_water = listing.captured_at
+        self._synced = True
+        self._last_full_end = self._clock()
         if untrusted:
             report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
-            self._degraded_by = _BY_FULL
-            self._set_state(EngineState.DEGRADED, report.reason)
+            self._degrade(_BY_FULL, report.reason)
         else:
-            self._degraded_by = None
-            self._set_state(EngineState.READY)
+            self._recovered(_BY_FULL)
         del listing
         self._settle_heap()
         return self._finish(report, started)
@@ -434,7 +485,7 @@ class SyncEngine:
         self._count("full_audits")
         listed_at = self._clock() - self.deletion_margin
         try:
-            listing = self.collector.full_listing(progress)
+            listing = self.collector.full_listing(self._answered(progress))
         except ListingError as exc:
             return self._listing_failed(report, started, _BY_FULL, f"listing failed: {exc.reason}")
         except Exception as exc:
@@ -505,7 +556,7 @@ class SyncEngine:
         self._count("cheap_audits")
         since = high_water - self.change_skew
         try:
-            listing = self.collector.changes_since(since, progress)
+            listing = self.collector.changes_since(since, self._answered(progress))
         except ListingError as exc:
             reason = f"changes listing failed: {exc.reason}"
             return self._listing_failed(report, started, _BY_CHEAP, reason)
@@ -547,6 +598,35 @@ class SyncEngine:
             return COMPUTE_NODE, STALE_FIELD if model.nodes_by_host(event.host) else MISSING
         return COMPUTE_NODE, GHOST
 
+    # -- watchdog ------------------------------------------------------------------------------
+
+    def check_overdue(self) -> str | None:
+        """DEGRADED (problem ``overdue``) while Nova has not answered any listing for
+        ``OVERDUE_FACTOR`` cheap intervals (a hung API: each audit in between was skipped or is
+        stuck) or no full audit has completed for ``OVERDUE_FACTOR`` full intervals; cleared
+        when that is over. Runs on the schedule; returns the reason, if any."""
+        if not self._synced:
+            return None
+        now = self._clock()
+        reason = None
+        if now - self._last_answer > OVERDUE_FACTOR * self.cheap_interval:
+            running = "a sync run is in progress" if self._lock.locked() else "no run is running"
+            reason = (
+                f"overdue: Nova has not answered a listing since "
+                f"{format_timestamp(self._last_answer)} (cheap audits every "
+                f"{self.cheap_interval:g}s; {running}): is the compute API hanging?"
+            )
+        elif now - self._last_full_end > OVERDUE_FACTOR * self.full_interval:
+            reason = (
+                f"overdue: no full audit has completed since "
+                f"{format_timestamp(self._last_full_end)} (every {self.full_interval:g}s)"
+            )
+        if reason is None:
+            self._recovered(OVERDUE)
+        else:
+            self._degrade(OVERDUE, reason)
+        return reason
+
     # -- schedule ------------------------------------------------------------------------------
 
     def start_schedule(
@@ -557,16 +637,21 @@ class SyncEngine:
         Each job runs at most once at a time and missed runs are coalesced. Until the first
         sync completes, the cheap job retries the bootstrap instead.
         """
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES
         from apscheduler.schedulers.background import BackgroundScheduler
 
         if self._scheduler is not None:
             raise RuntimeError("the schedule is already running")
         cheap = self.cheap_interval if cheap_interval is None else cheap_interval
         full = self.full_interval if full_interval is None else full_interval
+        self.cheap_interval, self.full_interval = cheap, full
         scheduler = BackgroundScheduler(timezone=datetime.UTC)
+        # The watchdog checks often enough to notice an overdue run within a fraction of it.
+        watchdog = max(0.1, min(cheap / 4, 15.0))
         for job_id, func, seconds in (
             ("cdm-sync-cheap-audit", self._scheduled_cheap, cheap),
             ("cdm-sync-full-audit", self._scheduled_full, full),
+            ("cdm-sync-watchdog", self._scheduled_watchdog, watchdog),
         ):
             scheduler.add_job(
                 func,
@@ -578,6 +663,8 @@ class SyncEngine:
                 coalesce=True,
                 misfire_grace_time=None,
             )
+        # A run still going when its next is due is skipped by the scheduler: count it too.
+        scheduler.add_listener(lambda event: self._count("skipped_busy"), EVENT_JOB_MAX_INSTANCES)
         scheduler.start()
         self._scheduler = scheduler
         self._stopping.clear()
@@ -607,7 +694,7 @@ class SyncEngine:
         placeholders get their real uuid and capacity. Returns how many placeholders remain.
         Deletes nothing. Raises ListingError."""
         with self._lock:
-            listing = self.collector.nodes_listing(progress)
+            listing = self.collector.nodes_listing(self._answered(progress))
             for event in listing.events("audit"):
                 self.service.submit(event)
             self._count("node_refreshes")
@@ -661,6 +748,12 @@ class SyncEngine:
             LOG.exception("Scheduled cheap audit failed")
         finally:
             self._lock.release()
+
+    def _scheduled_watchdog(self) -> None:
+        try:
+            self.check_overdue()
+        except Exception:
+            LOG.exception("The audit watchdog failed")
 
     def _scheduled_full(self) -> None:
         # A full audit waits (a cheap audit is short); skipping it would cost a whole interval.

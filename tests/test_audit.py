@@ -205,6 +205,24 @@ def test_newer_notification_is_not_undone(live: Harness) -> None:
     assert report.drift_by_kind() == {"missing": 0, "ghost": 0, "stale_field": 0}
 
 
+def test_a_service_deleted_while_the_listing_is_read_stays_deleted(live: Harness) -> None:
+    """The listing began before compute2's service was deleted and still shows it, with its
+    hypervisor: the deletion the model observed after the listing began wins (cdm-sync's
+    own clock decides, not the stamps of Nova's hosts)."""
+    began = live.clock()
+    live.clock.advance(1)
+    deleted = copy.deepcopy(load_sample("service-delete"))
+    deleted["payload"]["nova_object.data"]["host"] = "compute2"
+    deleted["metadata"] = {"message_id": "svc-del-2", "timestamp": AFTER_2}
+    deleted["ctxt"] = {}
+    live.deliver(deleted)
+    assert live.model.nodes_by_host("compute2") == []
+    report = audit(live, make_cloud(captured_at=CAPTURED_2), began=began)
+    assert live.model.nodes_by_host("compute2") == []
+    assert report.outcomes["tombstoned"] >= 1
+    assert live.model.check_integrity() == []
+
+
 def test_older_notification_is_corrected(live: Harness) -> None:
     """A change the model got before the listing started, which Nova has since undone."""
     before_capture = "2026-01-01 00:10:00.000000"

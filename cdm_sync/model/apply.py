@@ -40,7 +40,7 @@ from cdm_sync.model.events import (
     ServiceObserved,
     Version,
 )
-from cdm_sync.model.tombstones import Tombstones
+from cdm_sync.model.tombstones import Tombstone, Tombstones
 
 _FLAVOR_DERIVED = ("vcpus", "memory_mb", "disk_gb")
 _NO_INSTANCE = Instance(uuid="")
@@ -314,11 +314,22 @@ def _seen_since(stored: Version | None, moment: float) -> bool:
     return stored is not None and stored.seen_at is not None and stored.seen_at >= moment
 
 
+def _buried(stone: Tombstone, ev: ServiceObserved | HypervisorObserved) -> bool:
+    """Whether a host tombstone outranks an observation of that host. A notification is
+    judged by Nova's stamps (the delete's and its own); a listing by cdm-sync's clock: it lost
+    if it began before the model observed the delete (its version's timestamp is the listing's
+    capture, on the clock the tombstone was written with)."""
+    if ev.cause.source == "notification":
+        return not stone.version.older_than(ev.version)
+    began = ev.version.timestamp
+    return began is None or began <= stone.buried_at
+
+
 def _service_observed(p: Plan, ev: ServiceObserved, now: float, overrule: bool) -> Outcome | None:
     m = p.m
     stone = m.host_tombstones.get(ev.host)
     if stone is not None:
-        if not stone.version.older_than(ev.version):
+        if _buried(stone, ev):
             return Outcome.TOMBSTONED
         p.writes.append((LIFT_HOST, ev.host))  # the service was created again since
     members = m.node_uuids_of_host(ev.host)
@@ -361,6 +372,9 @@ def _hypervisor_observed(
     m = p.m
     current = m.node(ev.uuid)
     previous: str | None = None
+    stone = m.host_tombstones.get(ev.host) if ev.host is not None and current is None else None
+    if stone is not None and _buried(stone, ev):
+        return Outcome.TOMBSTONED  # a listing read before its service was deleted
     if current is not None:
         if not overrule and ev.version.older_than(m.node_version(ev.uuid) or NO_VERSION):
             return Outcome.STALE

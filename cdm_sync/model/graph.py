@@ -293,9 +293,13 @@ class ComputeModel:
         return self._node_versions.get(uuid)
 
     def seen_at(self, uuid: str) -> float | None:
-        """When (the model's clock) the instance or node was last observed, if it is held."""
+        """When (the model's clock) the instance or node was last observed: its deletion, for
+        an instance tombstoned since; None if the model holds nothing of it."""
         version = self._instance_versions.get(uuid) or self._node_versions.get(uuid)
-        return version.seen_at if version is not None else None
+        if version is not None:
+            return version.seen_at
+        stone = self.instance_tombstones.get(uuid)
+        return stone.buried_at if stone is not None else None
 
     def __len__(self) -> int:
         return len(self._instances)

@@ -14,8 +14,11 @@ from cdm_sync.model.events import Version
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
+    """A deletion: its version, why, and when (the model's clock) it was written and expires."""
+
     version: Version
     reason: str
+    buried_at: float
     expires_at: float
 
 
@@ -29,7 +32,7 @@ class Tombstones:
 
     def add(self, key: str, version: Version, reason: str, now: float) -> None:
         expires = now + self.ttl
-        self._by_key[key] = Tombstone(version, reason, expires)
+        self._by_key[key] = Tombstone(version, reason, now, expires)
         self._expiry.append((expires, key))
 
     def get(self, key: str) -> Tombstone | None:

@@ -19,7 +19,7 @@ from cdm_sync.nova.snapshot import Snapshot, listing_of, read_snapshot
 from cdm_sync.nova.trace import DEFAULT_MAX_LINE_BYTES, read_trace
 from cdm_sync.sync import bootstrap as bootstrap_listing
 from cdm_sync.sync.audit import AuditReport, full_audit
-from cdm_sync.sync.service import SyncService
+from cdm_sync.sync.service import UNPARSABLE, SyncService
 
 LOG = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def replay(
     for number, line, error in read_trace(trace, max_message_bytes):
         lines += 1
         if error is not None:
-            service.stats.rejection("(unparsable)", error)
+            service.stats.rejection(UNPARSABLE, error)
             LOG.warning("Trace %s: %s", trace, error)
             continue
         dispatcher.deliver(line)

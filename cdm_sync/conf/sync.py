@@ -37,12 +37,14 @@ OPTS = [
     ),
     cfg.FloatOpt(
         "deletion_margin",
-        default=60.0,
+        default=5.0,
         min=0.0,
         help="Seconds: an instance or compute node that cdm-sync observed (a notification, a "
-        "listing) less than this long before a full listing began is not deleted for being "
-        "absent from that listing (it may have been created while the listing ran). Measured "
-        "on cdm-sync's own clock, so it does not depend on Nova's clocks agreeing with it.",
+        "listing) after a full listing began, or less than this long before, is not deleted "
+        "for being absent from that listing (it may have been created while the listing ran, "
+        "or Nova's API may lag behind its notifications). Measured on cdm-sync's own clock, so "
+        "it does not depend on Nova's clocks agreeing with it. A longer margin delays the "
+        "repair of a lost delete of something observed just before an audit.",
     ),
     cfg.FloatOpt(
         "full_shrink_limit",

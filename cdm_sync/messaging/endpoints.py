@@ -24,7 +24,7 @@ from cdm_sync.nova.payloads import (
     parse_versioned_instance,
     parse_versioned_service,
 )
-from cdm_sync.sync.service import REJECTED, SyncService
+from cdm_sync.sync.service import NOT_A_STRING, REJECTED, UNPARSABLE, SyncService
 
 LOG = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class TrafficEndpoint:
     def _see(self, priority: str, event_type: Any, payload: Any, metadata: Any) -> None:
         self.arbiter.saw(payload, metadata)
         if type(event_type) is not str:
-            self.service.stats.count("(not a string)", UNHANDLED)
+            self.service.stats.count(NOT_A_STRING, UNHANDLED)
             return
         handled = self._handled_seen.get((priority, event_type))
         if handled is None:
@@ -289,7 +289,7 @@ class Dispatcher:
         service = self.service
         if type(line) is not dict and not isinstance(line, Mapping):
             reason = f"trace line is {brief(line)}, not a JSON object"
-            service.stats.rejection("(unparsable)", reason)
+            service.stats.rejection(UNPARSABLE, reason)
             LOG.warning("Rejected a notification: %s", reason)
             return
         event_type = line.get("event_type")
@@ -299,7 +299,7 @@ class Dispatcher:
             priority = "warn"
         callbacks = self._callbacks.get(priority) if priority is not None else None
         if type(event_type) is not str or callbacks is None:
-            label = event_type if isinstance(event_type, str) else "(not a string)"
+            label = event_type if isinstance(event_type, str) else NOT_A_STRING
             reason = (
                 f"trace line has event_type {brief(event_type)}, priority {brief(raw_priority)}"
             )

@@ -49,7 +49,7 @@ from oslo_config import cfg
 from cdm_sync.conf import listener as listener_conf
 from cdm_sync.messaging import receiver
 from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
-from cdm_sync.sync.service import SyncService
+from cdm_sync.sync.service import NOT_A_STRING, UNPARSABLE, SyncService
 
 LOG = logging.getLogger(__name__)
 
@@ -73,8 +73,6 @@ STOP_TIMEOUT = 30.0
 # How many failing message ids are remembered for the redelivery bound.
 _ATTEMPTS_REMEMBERED = 1024
 APPLY_THREAD = "cdm-sync-notifications"
-# The counter label of messages that are not notifications at all.
-UNREADABLE = "(unparsable)"
 
 
 @dataclass
@@ -110,11 +108,11 @@ class ReceiverFailed(RuntimeError):
 def _describe(line: Any) -> tuple[str, Any]:
     """(event type label, message id) of a line, for logs and counters."""
     if type(line) is not dict:
-        return "(unparsable)", None
+        return UNPARSABLE, None
     event_type = line.get("event_type")
     metadata = line.get("metadata")
     message_id = metadata.get("message_id") if type(metadata) is dict else None
-    return (event_type if isinstance(event_type, str) else "(not a string)"), message_id
+    return (event_type if isinstance(event_type, str) else NOT_A_STRING), message_id
 
 
 def _relog(body: bytes) -> None:
@@ -527,7 +525,7 @@ class NotificationListener:
         for index, line in enumerate(lines):
             if type(line) is str:  # the receiver could not read this message: the reason
                 stats.unreadable += 1
-                self.dispatcher.service.stats.rejection(UNREADABLE, line)
+                self.dispatcher.service.stats.rejection(UNPARSABLE, line)
                 LOG.warning("Rejected a message from RabbitMQ: %s", line)
                 continue
             try:

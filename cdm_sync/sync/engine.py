@@ -91,8 +91,10 @@ NODE_REFRESH_ATTEMPTS = 6
 DEFAULT_CHANGE_SKEW = 120.0
 DEFAULT_FULL_SHRINK_LIMIT = 0.1
 # What the model observed less than this long before a full listing began is never deleted for
-# being absent from it (the listing may have been read before Nova showed it).
-DEFAULT_DELETION_MARGIN = 60.0
+# being absent from it: Nova shows what it committed before a listing's query, but a lagging
+# database replica or an API worker may not yet. Short, because a longer one delays repairing
+# a lost delete of something observed just before the audit until the next full audit.
+DEFAULT_DELETION_MARGIN = 5.0
 
 # Results of one run (bootstrap, full audit, cheap audit).
 OK = "ok"

@@ -23,6 +23,7 @@ from oslo_config import cfg
 from cdm_sync.conf import sync as sync_conf
 from cdm_sync.messaging.endpoints import Dispatcher
 from cdm_sync.model import Event, InstanceDeleted, InstanceObserved
+from cdm_sync.nova.auth import Retries
 from cdm_sync.nova.fields import parse_time
 from cdm_sync.nova.snapshot import listing_of, read_snapshot
 from cdm_sync.sync.engine import (
@@ -32,7 +33,9 @@ from cdm_sync.sync.engine import (
     engine_from_conf,
 )
 from cdm_sync.sync.ports import Listing, ListingError, Progress
+from tests import fakenova
 from tests.conftest import FakeClock, Harness, NovaListing
+from tests.fakenova import FakeNova
 from tests.samples import TRACE_DIR, load_sample
 from tests.services import wait_for
 from tests.test_audit import (
@@ -50,6 +53,9 @@ from tests.test_audit import (
     stop,
     truth,
 )
+from tests.test_collector import SERVERS, make_collector, make_session, populate
+
+fake_nova = fakenova.fake_nova
 
 Answer = Callable[[], Listing]
 """Builds one collector answer (a fresh Listing each call), or raises ListingError."""
@@ -599,6 +605,34 @@ def test_a_hung_nova_turns_the_model_degraded_until_it_answers(harness: Harness)
         assert engine.status()["counters"]["skipped_busy"] >= 1
     finally:
         hang.set()
+        engine.stop()
+
+
+def test_a_compute_api_that_never_answers_degrades_the_model_over_real_http(
+    harness: Harness, fake_nova: FakeNova
+) -> None:
+    """The test Nova accepts the changes-since request and never answers (within the client's
+    timeout); the real collector's retries outlast two cheap intervals: DEGRADED with the
+    reason well before any request fails, and the failure itself keeps it so."""
+    populate(fake_nova.cloud)
+    collector = make_collector(
+        fake_nova,
+        session=make_session(fake_nova, timeout=1.0),
+        retries=Retries(connect_retries=2, connect_retry_delay=0.01),
+    )
+    engine = engine_for(harness, collector, clock=time.time)  # type: ignore[arg-type]
+    engine.bootstrap()
+    assert engine.state is EngineState.READY
+    fake_nova.cloud.delays[SERVERS] = 10.0  # every servers page: longer than the timeout
+    engine.start_schedule(cheap_interval=0.5, full_interval=3600)
+    try:
+        wait_for(lambda: engine.state is EngineState.DEGRADED, 10, "DEGRADED")
+        assert "is the compute API hanging?" in engine.status()["reason"]
+        wait_for(lambda: "cheap" in engine.status()["problems"], 20, "the request failing")
+        assert "timed out" in engine.status()["problems"]["cheap"]
+        assert engine.state is EngineState.DEGRADED
+    finally:
+        fake_nova.cloud.delays.clear()
         engine.stop()
 
 

@@ -465,7 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except OSError as exc:
-        reason = REDACTOR(f"{exc.filename or ''}: {exc.strerror or exc}")
+        what = exc.strerror or str(exc)
+        reason = REDACTOR(f"{exc.filename}: {what}" if exc.filename else what)
         print(f"cdm-sync: error: {reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -330,3 +330,26 @@ def test_no_secret_reaches_the_log_or_the_status_when_connections_fail(
                 assert secret not in text
     finally:
         subprocess.run(["rabbitmqctl", "delete_user", user], capture_output=True)
+
+
+def test_a_health_port_in_use_is_one_line_and_exit_2(tmp_path: Path, fake_nova: FakeNova) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "cdm-sync.conf"
+        config.write_text(
+            "[oslo_messaging_notifications]\ntransport_url = rabbit://guest:guest@127.0.0.1//\n"
+            f"[nova_client]\nauth_type = password\nauth_url = {fake_nova.auth_url}\n"
+            "username = admin\npassword = secret\nproject_name = admin\n"
+            "user_domain_name = Default\nproject_domain_name = Default\n"
+            f"[health]\nport = {port}\n"
+        )
+        proc = cli("serve", "--config-file", str(config))
+    assert proc.returncode == 2
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("cdm-sync:")]
+    assert error.startswith(
+        f"cdm-sync: error: the health endpoint cannot listen on 127.0.0.1:{port}"
+    )
+    assert "Address already in use" in error
+    assert "Traceback" not in proc.stderr

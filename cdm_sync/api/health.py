@@ -181,7 +181,12 @@ class HealthServer:
         return self._server.open_connections
 
     def start(self) -> None:
-        self._server.prepare()
+        """Bind and serve. Raises OSError, saying where, if the address cannot be used."""
+        try:
+            self._server.prepare()
+        except OSError as exc:
+            host, port = self._server.bind_addr[:2]
+            raise OSError(f"the health endpoint cannot listen on {host}:{port} ({exc})") from None
         self._thread = threading.Thread(target=self._server.serve, name="health-http", daemon=True)
         self._thread.start()
         LOG.info("Health endpoint on http://%s:%d (/metrics, /status)", *self.address)

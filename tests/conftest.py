@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from cdm_sync.messaging.endpoints import deliver, make_endpoints
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import ChangeRecord, ComputeModel
 from cdm_sync.nova.event_types import NOVA_EVENT_TYPES
 from cdm_sync.nova.snapshot import SNAPSHOT_FORMAT, Snapshot, snapshot_events
@@ -49,7 +49,12 @@ class Harness:
         self.service = SyncService(self.model, event_types=NOVA_EVENT_TYPES)
         self.records: list[ChangeRecord] = []
         self.service.add_publisher(self.records.extend)
-        self.endpoints = make_endpoints(self.service, "auto" if legacy else "versioned")
+        self.use_endpoints(make_endpoints(self.service, "auto" if legacy else "versioned"))
+
+    def use_endpoints(self, endpoints: list[Any]) -> None:
+        """Deliver through ``endpoints`` from now on (fresh ones have seen no traffic)."""
+        self.endpoints = endpoints
+        self.dispatcher = Dispatcher(endpoints, self.service)
 
     def bootstrap(self, snapshot: Snapshot) -> list[ChangeRecord]:
         """Load a snapshot as the bootstrap does; returns the records it produced."""
@@ -60,13 +65,13 @@ class Harness:
     def deliver(self, line: Mapping[str, Any]) -> list[ChangeRecord]:
         """Dispatch one trace line through the endpoints; returns the records it produced."""
         start = len(self.records)
-        deliver(self.endpoints, self.service, line)
+        self.dispatcher.deliver(line)
         return self.records[start:]
 
     def replay(self, lines: Iterable[Mapping[str, Any]]) -> list[ChangeRecord]:
         start = len(self.records)
         for line in lines:
-            deliver(self.endpoints, self.service, line)
+            self.dispatcher.deliver(line)
         return self.records[start:]
 
     def outcomes(self, event_type: str) -> Counter[str]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cdm_sync.messaging.endpoints import deliver, make_endpoints
+from cdm_sync.messaging.endpoints import Dispatcher, make_endpoints
 from cdm_sync.model import Cause, ChangeRecord, ComputeModel, InstanceObserved, Version
 from cdm_sync.nova.snapshot import read_snapshot, snapshot_events
 from cdm_sync.sinks import EventBus, Filter
@@ -31,10 +31,10 @@ def replay_lifecycle(*publishers: Callable[[list[ChangeRecord]], None]) -> list[
     records: list[ChangeRecord] = []
     service = SyncService(ComputeModel(), [records.extend, *publishers])
     service.submit_all(snapshot_events(read_snapshot(TRACE_DIR / "snapshot.json")))
-    endpoints = make_endpoints(service)
+    dispatcher = Dispatcher(make_endpoints(service), service)
     with (TRACE_DIR / "trace-versioned.jsonl").open() as trace:
         for line in trace:
-            deliver(endpoints, service, json.loads(line))
+            dispatcher.deliver(json.loads(line))
     return records
 
 

@@ -530,7 +530,7 @@ def test_mutated_notifications_are_counted_and_confined(
     """
     harness = valid_harness()
     if fresh_endpoints is not None:
-        harness.endpoints = make_endpoints(harness.service, fresh_endpoints)
+        harness.use_endpoints(make_endpoints(harness.service, fresh_endpoints))
     for fuzzed in lines:
         deliver_checked(harness, fuzzed)
 

@@ -1,7 +1,7 @@
 """oslo.messaging notification endpoints: Nova's notifications into the sync service.
 
 The same endpoint objects serve the live listener and ``cdm-sync replay`` (through
-:func:`deliver`, which dispatches a trace line the way oslo.messaging's dispatcher does), so a
+:class:`Dispatcher`, which dispatches a trace line the way oslo.messaging's dispatcher does), so a
 replayed trace exercises exactly the code a live cloud does. An endpoint never raises: a
 malformed notification is rejected, counted and logged; an event type it does not handle is
 counted as ignored.
@@ -329,11 +329,6 @@ class Dispatcher:
             method(ctxt, publisher_id, event_type, payload, metadata)
 
 
-def deliver(endpoints: Sequence[Any], service: SyncService, line: Any) -> None:
-    """Dispatch one trace line; for many lines, build one :class:`Dispatcher` instead."""
-    Dispatcher(endpoints, service).deliver(line)
-
-
 def _timestamp(metadata: Any) -> float | None:
     try:
         return (
@@ -358,6 +353,5 @@ __all__ = [
     "TrafficEndpoint",
     "VersionedInstanceEndpoint",
     "VersionedServiceEndpoint",
-    "deliver",
     "make_endpoints",
 ]

@@ -390,15 +390,11 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[_global_options(after=False)],
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    after = _global_options(after=True)
-    add_parser = sub.add_parser
+    after = [_global_options(after=True)]  # every subcommand's parents
 
-    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return add_parser(name, parents=[after], **kwargs)
-
-    sub.add_parser = add_command  # type: ignore[method-assign]
-
-    demo = sub.add_parser("demo", help="replay the bundled real Nova example and show the model")
+    demo = sub.add_parser(
+        "demo", parents=after, help="replay the bundled real Nova example and show the model"
+    )
     demo.add_argument(
         "--stream",
         choices=("versioned", "legacy", "both"),
@@ -407,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    rep = sub.add_parser("replay", help="bootstrap from a snapshot and replay a notification trace")
+    rep = sub.add_parser(
+        "replay", parents=after, help="bootstrap from a snapshot and replay a notification trace"
+    )
     rep.add_argument("--snapshot", required=True, help="Nova snapshot (cdm-sync/nova-snapshot/1)")
     rep.add_argument("--trace", required=True, help="notification trace (JSON Lines)")
     rep.add_argument("--audit-snapshot", help="snapshot to audit against after the trace")
@@ -415,11 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--changes", help="write the change records (JSON Lines) here")
     rep.set_defaults(func=cmd_replay)
 
-    serve = sub.add_parser("serve", help="the live service: bootstrap, listen, audit")
+    serve = sub.add_parser(
+        "serve", parents=after, help="the live service: bootstrap, listen, audit"
+    )
     serve.add_argument("--dump-file", help="keep this file equal to the model dump")
     serve.set_defaults(func=cmd_serve)
 
-    snap = sub.add_parser("snapshot", help="write a Nova snapshot from the live cloud")
+    snap = sub.add_parser(
+        "snapshot", parents=after, help="write a Nova snapshot from the live cloud"
+    )
     snap.add_argument("--out", required=True, help="where to write it")
     snap.set_defaults(func=cmd_snapshot)
 
@@ -427,13 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("status", cmd_status, "state, counters and audits of a running cdm-sync serve"),
         ("resync", cmd_resync, "run a full audit now in a running cdm-sync serve"),
     ):
-        command = sub.add_parser(name, help=text)
+        command = sub.add_parser(name, parents=after, help=text)
         command.add_argument("--url", help="its health endpoint (default: from [health])")
         if name == "status":
             command.add_argument("--json", action="store_true", help="the raw status document")
         command.set_defaults(func=func)
 
-    dump = sub.add_parser("dump", help="the model dump of a Nova snapshot")
+    dump = sub.add_parser("dump", parents=after, help="the model dump of a Nova snapshot")
     dump.add_argument("--snapshot", required=True, help="Nova snapshot (cdm-sync/nova-snapshot/1)")
     dump.add_argument("--out", help="write here instead of stdout")
     dump.set_defaults(func=cmd_dump)

@@ -178,6 +178,11 @@ class Plan:
         else:
             self.changes.append(("instance", "update", new, _diff(old, new)))
 
+    def bury_instance(self, uuid: str, version: Version, reason: str) -> None:
+        """Delete an instance and leave its tombstone."""
+        self.writes.append((BURY_INSTANCE, uuid, version, reason))
+        self.drop_instance(uuid)
+
     def drop_instance(self, uuid: str) -> None:
         old = self.m.instance(uuid)
         if old is None:
@@ -290,8 +295,7 @@ def _instance_deleted(p: Plan, ev: InstanceDeleted, now: float, overrule: bool) 
         # Only a listing can be older than what we hold: the instance was (re)seen after the
         # listing was taken, so the listing's word is out of date.
         return Outcome.STALE
-    p.writes.append((BURY_INSTANCE, ev.uuid, ev.version, ev.reason))
-    p.drop_instance(ev.uuid)
+    p.bury_instance(ev.uuid, ev.version, ev.reason)
     return None
 
 
@@ -304,8 +308,7 @@ def _instance_absent(p: Plan, ev: InstanceAbsent, now: float, overrule: bool) ->
         return None
     if _seen_since(current, ev.listed_at) or ev.version.older_than(current):
         return Outcome.STALE
-    p.writes.append((BURY_INSTANCE, ev.uuid, ev.version, "absent from a listing"))
-    p.drop_instance(ev.uuid)
+    p.bury_instance(ev.uuid, ev.version, "absent from a listing")
     return None
 
 

@@ -345,7 +345,7 @@ class SyncEngine:
         report.duration = time.monotonic() - started
         now = self._clock()
         self._last_answer = now
-        if report.kind == "full":
+        if report.kind in ("full", "bootstrap"):  # both list Nova in full
             self._last_full_end = now
         with self._status_lock:
             self._drift.update(report.drift)
@@ -415,7 +415,6 @@ class SyncEngine:
             raise
         self._high_water = listing.captured_at
         self._synced = True
-        self._last_full_end = self._clock()
         if untrusted:
             report.result, report.reason = DEGRADED_RESULT, "; ".join(untrusted)
             self._degrade(_BY_FULL, report.reason)
@@ -451,7 +450,8 @@ class SyncEngine:
             listed_at=listed_at,
         )
         self._take_audit(report, audit)
-        return [audit.deletes_skipped] if audit.deletes_skipped else list(listing.incomplete)
+        # The listing's incomplete reasons, if any, are among deletes_skipped's.
+        return [audit.deletes_skipped] if audit.deletes_skipped else []
 
     def _release(self, report: RunReport) -> None:
         assert self.gate is not None
